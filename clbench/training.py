@@ -1,0 +1,53 @@
+"""One training step and one evaluation, shared by the continual runner and the pretraining
+stage."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from .data import iterate
+
+
+def set_train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
+    model.train()
+    if freeze_bn_stats:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_step(model, opt, sched, criterion, x, y, t: int, cfg, device) -> float:
+    set_train_mode(model, cfg.freeze_bn_stats)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with autocast(device):
+        loss = criterion(model(x, t), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(model, dataset, indices: torch.Tensor | None, t: int, cfg, device):
+    """(accuracy %, mean cross-entropy) of head `t` on `dataset` (or its `indices`)."""
+    model.eval()
+    idx = indices if indices is not None else torch.arange(len(dataset))
+    correct, loss_sum = 0, 0.0
+    for x, y in iterate(dataset, list(idx.split(cfg.eval_batch_size)), cfg.num_workers):
+        x, y = x.to(device), y.to(device)
+        with autocast(device):
+            logits = model(x, t).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    n = len(idx)
+    return 100.0 * correct / n, loss_sum / n

@@ -1,0 +1,202 @@
+"""report.md for one run: settings, accuracy matrix, the paper's Table-4 columns, forgetting
+curves, and how much of the network moved."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .rundata import RunData, load_run  # noqa: E402
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(run: RunData, path: Path) -> bool:
+    """Accuracy of every task over training steps, task boundaries marked. False if no curves."""
+    if run.curves.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=130)
+    for task in run.tasks:
+        c = run.curves[run.curves["eval_task"] == task]
+        ax.plot(c["step"], c["accuracy"], marker=".", lw=1.5, label=f"eval: {task}")
+    starts = run.curves.groupby("task_index")["step"].min()
+    for idx, step in starts.items():
+        if idx > 1:
+            ax.axvline(step, color="grey", ls="--", lw=0.8)
+        ax.annotate(
+            f"task {idx}: {run.tasks[idx - 1]}",
+            (step, 1.0),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            ha="left",
+            fontsize=7,
+            color="grey",
+        )
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(
+        f"{run.summary['model']} / {run.summary['optimizer']}: forgetting curves", fontsize=9
+    )
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return True
+
+
+def _save_figure(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def render_run_report(run: RunData, curves_png: str | None) -> str:
+    s, cfg = run.summary, run.config.get("config", {})
+    final = s["final"]
+    out = [f"# clbench run `{s['name']}`", ""]
+    out += [
+        f"Model **{s['model']}**, optimizer **{s['optimizer']}**, tasks "
+        + " → ".join(f"`{t}`" for t in s["tasks"])
+        + f", seed {s['seed']}.",
+        "",
+        _table(
+            ["setting", "value"],
+            [
+                ["learning rates", ", ".join(f"{v:g}" for v in cfg.get("lr", []))],
+                ["epochs", ", ".join(str(v) for v in cfg.get("epochs", []))],
+                ["batch size", cfg.get("batch_size")],
+                [
+                    "optimizer hyperparameters",
+                    ", ".join(f"{k}={v}" for k, v in cfg.get("opt_hparams", {}).items())
+                    or "defaults",
+                ],
+                [
+                    "LR schedule / label smoothing",
+                    f"{cfg.get('schedule')} / {cfg.get('label_smoothing')}",
+                ],
+                ["image size", cfg.get("image_size") or "model default"],
+                [
+                    "pretrained",
+                    "timm weights"
+                    if cfg.get("pretrained")
+                    else (f"on `{cfg.get('pretrain')}`" if cfg.get("pretrain") else "no"),
+                ],
+                ["device", run.config.get("device")],
+            ],
+        ),
+        "",
+    ]
+    acc = run.acc_matrix
+    out += [
+        "## Accuracy matrix",
+        "",
+        "Test accuracy (%) on each task (columns) after training on each task (rows); "
+        "`init` is before any training. Each task is evaluated with its own head.",
+        "",
+        _table(
+            ["after", *acc.columns],
+            [[idx, *row] for idx, row in zip(acc.index, acc.values.tolist(), strict=True)],
+        ),
+        "",
+    ]
+    out += [
+        "## Forgetting",
+        "",
+        _table(
+            ["metric", "value"],
+            [
+                ["average accuracy (last row)", final["average_accuracy"]],
+                ["mean forgetting (points)", final["mean_forgetting"]],
+                ["backward transfer (BWT)", final["bwt"]],
+                *[[f"forgetting of `{t}`", v] for t, v in final["forgetting"].items()],
+            ],
+        ),
+        "",
+    ]
+    if s.get("paper"):
+        p = s["paper"]
+        out += [
+            "The NanoAdam paper's Table-4 columns:",
+            "",
+            _table(
+                ["T1", "T2", "T1 after T2", "Avg", "Forgetting"],
+                [[p["t1"], p["t2"], p["t1_after_t2"], p["avg"], p["forgetting"]]],
+            ),
+            "",
+        ]
+    if curves_png:
+        out += ["## Forgetting curves", "", f"![forgetting curves]({curves_png})", ""]
+    sh, res = s.get("shift", {}), s.get("resources", {})
+    unchanged = sh.get("frac_unchanged_excl_heads")
+    out += [
+        "## Where the weights moved",
+        "",
+        _table(
+            ["measure", "value"],
+            [
+                [
+                    "L2 distance from the pretrained weights (heads excluded)",
+                    sh.get("l2_excl_heads"),
+                ],
+                [
+                    "weights never updated (bit-identical to pretrained, heads excluded)",
+                    f"{100 * unchanged:.2f}%" if unchanged is not None else None,
+                ],
+            ],
+        ),
+        "",
+        "Per-tensor figures are in `shift.csv`; attention q/k/v shift matrices in `shift/`.",
+        "",
+    ]
+    out += [
+        "## Resources",
+        "",
+        _table(
+            ["measure", "value"],
+            [
+                ["wall time (s)", res.get("wall_s")],
+                ["peak memory (MiB)", res.get("peak_memory_bytes", 0) / 2**20],
+                ["optimizer state (MiB)", res.get("optimizer_state_bytes", 0) / 2**20],
+                ["parameters", res.get("params")],
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_run_report(root: str | Path) -> Path:
+    """Write report.md and figures/ into the run directory; returns the report's path."""
+    run = load_run(root)
+    png = run.root / "figures" / "curves.png"
+    has_curves = plot_curves(run, png)
+    text = render_run_report(run, "figures/curves.png" if has_curves else None)
+    path = run.root / "report.md"
+    fd, tmp = tempfile.mkstemp(dir=run.root, suffix=".md")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
