@@ -46,7 +46,7 @@ class Task(ABC):
     ) -> tuple[Dataset, Dataset]:
         """(train, test) datasets. Raises `TaskError` naming the fix when data is missing."""
 
-    def fetch(self, data_dir: Path) -> None:
+    def fetch(self, data_dir: Path) -> None:  # noqa: B027 (optional hook: offline tasks keep it)
         """Download the data into `data_dir` (no-op for offline tasks)."""
 
     def __repr__(self) -> str:
