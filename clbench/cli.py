@@ -66,6 +66,7 @@ def run(
     eval_every: int = typer.Option(None, help="steps between forgetting-curve evaluations"),
     eval_samples: int = typer.Option(None, help="test samples per task for the curves"),
     image_size: int = typer.Option(None, help="input size in pixels (ViTs adapt their patch size)"),
+    patch_size: int = typer.Option(None, help="ViT patch size (default: keeps >= 8x8 patches)"),
     pretrained: bool = typer.Option(
         None, "--pretrained/--no-pretrained", help="start from timm's pretrained weights"
     ),
@@ -109,6 +110,7 @@ def run(
         "eval_every": eval_every,
         "eval_samples": eval_samples,
         "image_size": image_size,
+        "patch_size": patch_size,
         "pretrained": pretrained,
         "weights": weights,
         "pretrain": pretrain,

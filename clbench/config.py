@@ -35,6 +35,7 @@ class RunConfig:
     pretrained: bool = True
     weights: str | None = None
     image_size: int | None = None
+    patch_size: int | None = None
     tasks: tuple[str, ...] = ("cifar10", "flowers102")
     epochs: tuple[int, ...] = (5, 5)
     lr: tuple[float, ...] = (1e-3, 1e-3)

@@ -27,6 +27,7 @@ class ModelInfo:
     short: str
     timm_name: str
     description: str
+    kwargs: tuple[tuple[str, object], ...] = ()  # extra timm.create_model arguments
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -36,7 +37,12 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("vit-base", "vit_base_patch16_224", "ViT-B/16, 86M params"),
         ModelInfo("vit-small", "vit_small_patch16_224", "ViT-S/16, 22M params"),
         ModelInfo("vit-tiny", "vit_tiny_patch16_224", "ViT-Ti/16, 5.7M params"),
-        ModelInfo("vit-micro", "test_vit", "timm's 6-block test ViT, 0.26M params (offline demo)"),
+        ModelInfo(
+            "vit-micro",
+            "test_vit",
+            "timm's 6-block test ViT, width 64, mean-pooled, 0.26M params (offline demo)",
+            (("global_pool", "avg"),),
+        ),
         ModelInfo("resnet101", "resnet101", "ResNet-101, 44.5M params (paper)"),
         ModelInfo("resnet50", "resnet50", "ResNet-50, 25.6M params"),
         ModelInfo("resnet18", "resnet18", "ResNet-18, 11.7M params (paper)"),
@@ -142,16 +148,27 @@ def _load_weights_file(backbone: nn.Module, path: Path) -> None:
 
 
 def create_backbone(
-    name: str, pretrained: bool, weights: str | None = None, image_size: int | None = None
+    name: str,
+    pretrained: bool,
+    weights: str | None = None,
+    image_size: int | None = None,
+    patch_size: int | None = None,
 ) -> nn.Module:
-    """The timm backbone (``num_classes=0``: returns pooled features)."""
+    """The timm backbone (``num_classes=0``: returns pooled features). For ViTs, `image_size`
+    sets the input size and `patch_size` (default: `vit_patch_size`) the patch."""
     tname = timm_name(name)
-    kwargs: dict = {"num_classes": 0}
-    if image_size is not None:
+    kwargs: dict = {"num_classes": 0, **dict(MODELS[name].kwargs if name in MODELS else ())}
+    if image_size is not None or patch_size is not None:
         default_patch = _default_patch(tname)
+        if default_patch is None and patch_size is not None:
+            raise UserError(f"--patch-size is for ViTs; {name} has no patch embedding")
         if default_patch is not None:  # a ViT-style model: set size and a sensible patch
-            kwargs["img_size"] = image_size
-            kwargs["patch_size"] = vit_patch_size(default_patch, image_size)
+            size = image_size or 224
+            patch = patch_size or vit_patch_size(default_patch, size)
+            if size % patch:
+                raise UserError(f"--patch-size {patch} does not divide --image-size {size}")
+            kwargs["img_size"] = size
+            kwargs["patch_size"] = patch
     if pretrained and weights is None:
         local = cached_weights(tname)
         if local is not None:

@@ -31,6 +31,7 @@ def cache_key(cfg: RunConfig) -> str:
         "epochs": cfg.pretrain_epochs,
         "lr": cfg.pretrain_lr,
         "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "augment": cfg.augment,

@@ -116,7 +116,9 @@ def run(
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.weights, cfg.image_size)
+    backbone = create_backbone(
+        cfg.model, cfg.pretrained, cfg.weights, cfg.image_size, cfg.patch_size
+    )
     spec = input_spec(backbone, cfg.image_size)
     model = MultiHeadNet(backbone).to(device)
     data = [load_task(name, spec, cfg, EVAL, t) for t, name in enumerate(cfg.tasks)]
@@ -367,9 +369,11 @@ def save_shift_matrices(path: Path, theta0, theta) -> None:
 
 
 def rng_state() -> dict:
+    """RNG states, in types that `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -379,7 +383,8 @@ def rng_state() -> dict:
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -33,6 +33,13 @@ class InMemoryImages(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [B, 3, S, S], labels [B])`` in one indexing operation (no per-item
+        collation): the runner's fast path for in-memory data."""
+        if self._precomputed:
+            return self._images[indices], self.labels[indices]
+        return resize_normalise(self._images[indices], self.spec), self.labels[indices]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self._precomputed:
             image = self._images[index]

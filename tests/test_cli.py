@@ -1,0 +1,151 @@
+"""The command line: user errors are one line and exit code 2; real runs on folder tasks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from clbench import cli
+
+TINY = [
+    "--model",
+    "vit-micro",
+    "--no-pretrained",
+    "--image-size",
+    "16",
+    "--max-steps",
+    "2",
+    "--eval-every",
+    "1",
+    "--eval-samples",
+    "8",
+    "--quiet",
+]
+
+
+def invoke(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["clbench", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--model", "resnt18"], "did you mean resnet18"),
+        (["run", "--tasks", "digts,shapes"], "did you mean digits"),
+        (["run", "--opt", "adamx"], "did you mean adamw"),
+        (["run", "--preset", "dem"], "did you mean demo"),
+        (
+            ["run", "--preset", "demo", "--lr", "1e-3,1e-3,1e-3"],
+            "--lr has 3 values but there are 2 tasks",
+        ),
+        (["run", "--preset", "demo", "--lr", "0"], "--lr must be > 0"),
+        (["run", "--preset", "demo", "--lr", "fast"], "--lr takes comma-separated floats"),
+        (["run", "--preset", "demo", "--epochs", "0"], "--epochs must be >= 1"),
+        (["run", "--preset", "demo", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["run", "--preset", "demo", "--eval-every", "0"], "--eval-every must be >= 1"),
+        (["run", "--preset", "demo", "--density", "0.1"], "does not take --density"),
+        (["run", "--preset", "demo", "--weights", "nope.pt"], "--weights PATH"),
+        (["run", "--preset", "demo", "--tasks", "folder:does/not/exist"], "does/not/exist"),
+        (["run", "--preset", "demo", "--schedule", "linear"], "--schedule must be one of"),
+        (["run", "--preset", "demo", "--tasks", "digits,digits"], "twice"),
+        (["list", "things"], "models, tasks, optimizers, presets"),
+        (["report", "no/such/run"], "not a finished run directory"),
+        (["fetch"], "nothing to fetch"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(monkeypatch, capsys, args, expected):
+    code, _, err = invoke(monkeypatch, capsys, *args)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_dataset_offline(monkeypatch, capsys, tmp_path):
+    code, _, err = invoke(
+        monkeypatch,
+        capsys,
+        "run",
+        *TINY,
+        "--tasks",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 2 and "clbench fetch" in err and "--download" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_empty_folder_task(monkeypatch, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = invoke(
+        monkeypatch,
+        capsys,
+        "run",
+        *TINY,
+        "--tasks",
+        f"folder:{tmp_path / 'empty'}",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_folder_tasks_with_resnet18(monkeypatch, capsys, tmp_path, make_image_folder):
+    a = make_image_folder(tmp_path / "A", classes=("cat", "dog"), size=32, seed=0)
+    b = make_image_folder(tmp_path / "B", classes=("x", "y", "z"), size=32, seed=1)
+    out = tmp_path / "run"
+    code, stdout, err = invoke(
+        monkeypatch,
+        capsys,
+        "run",
+        "--model",
+        "resnet18",
+        "--opt",
+        "adamw",
+        "--tasks",
+        f"folder:{a},folder:{b}",
+        "--no-pretrained",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert code in (0, None), err
+    assert (out / "summary.json").is_file() and (out / "report.md").is_file()
+    assert "accuracy matrix" in stdout
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "clbench", "run", "--model", "resnt18"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "did you mean resnet18" in proc.stderr
+
+
+def test_list_commands(monkeypatch, capsys):
+    for what, needle in (
+        ("models", "vit-large"),
+        ("tasks", "digits"),
+        ("optimizers", "adamw"),
+        ("presets", "paper-resnet18"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["clbench", "list", what])
+        try:
+            cli.main()
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        assert needle in capsys.readouterr().out
