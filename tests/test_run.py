@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from clbench import metrics, storage
+from clbench import metrics, runner, storage
 from clbench.config import resolve
-from clbench import runner
 from clbench.runner import run
 
 TINY = {
     "model": "vit-micro",
     "pretrained": False,
     "image_size": 16,
+    "patch_size": 4,
     "tasks": ("shapes", "gratings"),
     "epochs": [1],
     "lr": [2e-3],
@@ -150,8 +150,9 @@ def test_pretrain_cache_hit_on_second_run(tmp_path, monkeypatch):
     opts = {
         **TINY,
         "tasks": ("digits",),
-        "pretrain": "gratings",
-        "pretrain_epochs": 1,
+        "pretrain": "shapes",
+        "pretrain_epochs": 2,
+        "pretrain_lr": 2e-3,
         "max_steps": 2,
         "eval_every": 2,
     }
@@ -160,11 +161,11 @@ def test_pretrain_cache_hit_on_second_run(tmp_path, monkeypatch):
     info1 = storage.read_json(first / "summary.json")["pretrain"]
     info2 = storage.read_json(second / "summary.json")["pretrain"]
     assert info1["cache"] == "miss" and info2["cache"] == "hit"
-    assert info1["test_accuracy"] > 100 / 8  # the stage learned something
+    assert info1["test_accuracy"] > 20  # the stage learned something (chance: 10%)
     theta_a = storage.load_torch(first / "checkpoints" / "theta0.pt")
     theta_b = storage.load_torch(second / "checkpoints" / "theta0.pt")
     assert all(torch.equal(theta_a[k], theta_b[k]) for k in theta_a)
     assert (first / "acc_matrix.csv").read_text() == (second / "acc_matrix.csv").read_text()
     # a different pretraining setting is a different cache entry
-    third = run(resolve({**opts, "pretrain_epochs": 2, "out": str(tmp_path / "c")}), progress=False)
+    third = run(resolve({**opts, "pretrain_lr": 1e-3, "out": str(tmp_path / "c")}), progress=False)
     assert storage.read_json(third / "summary.json")["pretrain"]["cache"] == "miss"
