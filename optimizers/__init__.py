@@ -6,6 +6,7 @@
 
 from . import baselines  # noqa: F401  (registers adamw, sgd)
 from .groups import dense_modules, is_norm, param_groups
+from .nanoadam import NanoAdam
 from .registry import (
     OptimizerError,
     OptimizerSpec,
@@ -18,6 +19,7 @@ from .registry import (
 )
 
 __all__ = [
+    "NanoAdam",
     "OptimizerError",
     "OptimizerSpec",
     "available",

@@ -1,0 +1,520 @@
+"""NanoAdam: AdamW on the small-weight entries of each parameter tensor only.
+
+Each parameter tensor of a sparse group is cut into chunks; in every chunk only the
+ceil(density x chunk) entries chosen by the criterion (smallest |weight| by default) are updated,
+with Adam moments kept for those entries alone. Every other entry stays bit-for-bit unchanged.
+Groups marked ``sparse=False`` (heads, normalisation layers: see `param_groups`) get plain AdamW.
+See docs/nanoadam.md for the choices the paper leaves open.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._nanoadam_functional import (
+    AdamHyper,
+    FlatLayout,
+    dense_adamw,
+    effective_lr_sum,
+    sparse_adamw_flat,
+    sparse_adamw_reference,
+)
+from ._selection import (
+    CRITERIA,
+    chunk_layout,
+    chunk_offsets,
+    offset_dtype,
+    selection_score,
+)
+from .registry import OptimizerSpec, register
+
+ON_REFRESH = ("carry", "reset")
+BACKENDS = ("auto", "torch", "reference", "triton")
+
+
+@dataclass
+class _GroupRuntime:
+    """What a group carries between steps besides the per-parameter state."""
+
+    step: int = 0  # steps this group has taken
+    bias_step: int = 0  # t of the bias corrections; restarts at a refresh with "reset"
+    density: float | None = None  # density of the current mask
+    flat: FlatLayout | None = None
+    offsets: torch.Tensor | None = None  # int16 offsets of all selected entries, tensor by tensor
+    exp_avg: torch.Tensor | None = None
+    exp_avg_sq: torch.Tensor | None = None
+    tensor_bases: torch.Tensor | None = None  # start of each tensor in the tracking bitmask
+    updated_bits: torch.Tensor | None = None  # one bit per entry: ever selected
+    updated_counts: torch.Tensor | None = None  # per tensor: entries ever selected
+    last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
+
+
+def _carry_moments(
+    old_index: torch.Tensor, new_index: torch.Tensor, *states: torch.Tensor
+) -> list[torch.Tensor]:
+    """States at `new_index`, taken from `old_index` where an entry stays, zero where it is new.
+    Both index lists are strictly increasing, so one searchsorted matches them."""
+    if old_index.numel() == 0:
+        return [torch.zeros(new_index.shape, dtype=s.dtype, device=s.device) for s in states]
+    pos = torch.searchsorted(old_index, new_index).clamp_(max=old_index.numel() - 1)
+    stays = old_index[pos] == new_index
+    return [
+        torch.where(stays, s[pos], torch.zeros((), dtype=s.dtype, device=s.device)) for s in states
+    ]
+
+
+def _mark_updated(rt: _GroupRuntime, global_index: torch.Tensor, flat: FlatLayout) -> None:
+    """Set the tracking bits of the selected entries and count the newly set ones per tensor."""
+    byte = global_index >> 3
+    bit = torch.ones(byte.shape, dtype=torch.uint8, device=byte.device) << (global_index & 7).to(
+        torch.uint8
+    )
+    fresh = (rt.updated_bits[byte] & bit) == 0
+    # Fresh entries sharing a byte have different bits, so their sum is their bitwise or.
+    rt.updated_bits.index_put_((byte[fresh],), bit[fresh], accumulate=True)
+    rt.updated_counts += torch.bincount(flat.entry_tensor()[fresh], minlength=len(flat.layouts))
+
+
+class NanoAdam(torch.optim.Optimizer):
+    """AdamW restricted, in each parameter tensor, to the entries picked by `criterion`.
+
+    Selection is per tensor, in chunks of `chunk_size` entries of the flattened tensor (memory
+    order): ceil(density x chunk length) entries per chunk, at least one, stored as int16 offsets
+    inside the chunk (`chunk_size=None`: one chunk per tensor, int32 offsets). The mask is
+    refreshed every `mask_interval` steps (None: computed once) and whenever the density changes;
+    with `final_density` the density moves linearly from `density` to `final_density`, reaching
+    it at the last of `total_steps` steps, re-evaluated every `density_interval` steps (default:
+    with the mask refreshes). Criteria: "small_weights" (the paper's), "large_weights", "random"
+    (seeded by `seed`), "large_grads" (the gradient at the refresh step).
+
+    Moments m, v exist only for selected entries, stored in `state_dtype`, computed in fp32. At a
+    refresh, `on_refresh="carry"` keeps m, v of entries that stay selected and starts new ones at
+    zero, with bias corrections counted from the optimizer's first step; "reset" zeroes all
+    moments and restarts the bias corrections. Decoupled weight decay touches updated entries
+    only. Param groups with ``sparse=False`` are updated with plain AdamW (fp32 moments).
+
+    Memory (`state_bytes()`): 6 bytes per selected entry (bf16 m, v and int16 offset) + 24 bytes
+    per sparse tensor (index tables) + 8 bytes per entry of dense groups; i.e. 6kS for density k
+    over S sparse entries. The tracking bitmask behind `updated_fraction()` (1 bit per sparse
+    entry) is instrumentation and counted only by `state_bytes(include_tracking=True)`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        density: float = 0.01,
+        final_density: float | None = None,
+        density_interval: int | None = None,
+        total_steps: int | None = None,
+        mask_interval: int | None = 100,
+        criterion: str = "small_weights",
+        on_refresh: str = "carry",
+        state_dtype: torch.dtype = torch.bfloat16,
+        chunk_size: int | None = 32768,
+        seed: int = 0,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            density=density,
+            final_density=final_density,
+            density_interval=density_interval,
+            total_steps=total_steps,
+            mask_interval=mask_interval,
+            criterion=criterion,
+            on_refresh=on_refresh,
+            state_dtype=state_dtype,
+            chunk_size=chunk_size,
+            sparse=True,
+        )
+        self.seed = seed
+        self.backend = "auto"  # "torch" (flat), "reference" (per tensor), "triton", or "auto"
+        self._runtime: list[_GroupRuntime] = []
+        self._generator: torch.Generator | None = None
+        super().__init__(params, defaults)
+
+    # -- configuration -------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _validate(group)
+        self._runtime.append(_GroupRuntime())
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+        return self._generator
+
+    # -- the step ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, rt in zip(self.param_groups, self._runtime, strict=True):
+            if group["sparse"]:
+                self._sparse_step(group, rt)
+            else:
+                self._dense_step(group, rt)
+        return loss
+
+    def _hyper(self, group: dict[str, Any], bias_step: int) -> AdamHyper:
+        beta1, beta2 = group["betas"]
+        return AdamHyper(
+            float(group["lr"]), beta1, beta2, group["eps"], group["weight_decay"], bias_step
+        )
+
+    def _dense_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("NanoAdam does not support sparse gradients")
+            if not self.state[p]:
+                self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self.state[p]["exp_avg_sq"] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format
+                )
+        rt.step += 1
+        rt.bias_step = rt.step
+        rt.last = self._hyper(group, rt.bias_step)
+        dense_adamw(
+            params,
+            [p.grad for p in params],
+            [self.state[p]["exp_avg"] for p in params],
+            [self.state[p]["exp_avg_sq"] for p in params],
+            rt.last,
+        )
+
+    def _sparse_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
+        params = group["params"]
+        grads = [p.grad for p in params]
+        if all(g is None for g in grads):
+            return
+        if any(g is not None and g.is_sparse for g in grads):
+            raise RuntimeError("NanoAdam does not support sparse gradients")
+        density = self._scheduled_density(group, rt)
+        interval = group["mask_interval"]
+        if rt.offsets is None or density != rt.density or (interval and rt.step % interval == 0):
+            self._refresh(group, rt, density)
+        rt.step += 1
+        rt.bias_step += 1
+        rt.last = h = self._hyper(group, rt.bias_step)
+        complete = all(g is not None for g in grads)
+        uniform = complete and len({p.dtype for p in params}) == len({g.dtype for g in grads}) == 1
+        if not complete or not uniform or self.backend == "reference":
+            live = [i for i, g in enumerate(grads) if g is not None]
+            views = [self.state[params[i]] for i in live]
+            sparse_adamw_reference(
+                [params[i] for i in live],
+                [grads[i] for i in live],
+                [s["offsets"] for s in views],
+                [s["exp_avg"] for s in views],
+                [s["exp_avg_sq"] for s in views],
+                [rt.flat.layouts[i] for i in live],
+                h,
+            )
+        elif self._use_triton(params, grads):
+            from ._nanoadam_triton import sparse_adamw_triton
+
+            sparse_adamw_triton(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
+        else:
+            sparse_adamw_flat(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
+
+    def _use_triton(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "auto" and not params[0].is_cuda:
+            return False
+        try:
+            from ._nanoadam_triton import supports
+        except ImportError:
+            if self.backend == "triton":
+                raise
+            return False
+        ok = supports(params, grads)
+        if self.backend == "triton" and not ok:
+            raise RuntimeError("the Triton path needs one parameter dtype and one gradient dtype")
+        return ok
+
+    # -- masks -----------------------------------------------------------------------------------
+    def _scheduled_density(self, group: dict[str, Any], rt: _GroupRuntime) -> float:
+        start, final = group["density"], group["final_density"]
+        if final is None:
+            return start
+        total = group["total_steps"]
+        every = group["density_interval"] or group["mask_interval"]
+        t = rt.step
+        if rt.density is not None and t % every != 0 and t != total - 1:
+            return rt.density
+        return start + (final - start) * min(1.0, t / max(1, total - 1))
+
+    def _refresh(self, group: dict[str, Any], rt: _GroupRuntime, density: float) -> None:
+        """Pick the entries to update from now on and move the moments onto them."""
+        params = group["params"]
+        device = params[0].device
+        layouts = [chunk_layout(p.numel(), group["chunk_size"], density) for p in params]
+        dtype = offset_dtype(group["chunk_size"], [p.numel() for p in params])
+        generator = self._generator_for(device) if group["criterion"] == "random" else None
+        pieces = []
+        for p, lay in zip(params, layouts, strict=True):
+            score, largest = selection_score(group["criterion"], p, p.grad, generator)
+            pieces.append(chunk_offsets(score, lay, largest, dtype))
+        offsets = torch.cat(pieces)
+        flat = FlatLayout.build(layouts, device)
+        if rt.tensor_bases is None:
+            self._init_tracking(rt, params)
+        new_index = flat.global_indices(offsets, rt.tensor_bases)
+        state_dtype = group["state_dtype"]
+        if group["on_refresh"] == "carry" and rt.offsets is not None:
+            old_index = rt.flat.global_indices(rt.offsets, rt.tensor_bases)
+            exp_avg, exp_avg_sq = _carry_moments(old_index, new_index, rt.exp_avg, rt.exp_avg_sq)
+        else:
+            exp_avg = torch.zeros(offsets.shape, dtype=state_dtype, device=device)
+            exp_avg_sq = torch.zeros(offsets.shape, dtype=state_dtype, device=device)
+            rt.bias_step = 0
+        _mark_updated(rt, new_index, flat)
+        rt.flat, rt.density = flat, density
+        rt.offsets, rt.exp_avg, rt.exp_avg_sq = offsets, exp_avg, exp_avg_sq
+        self._expose_state(group, rt)
+
+    @staticmethod
+    def _init_tracking(rt: _GroupRuntime, params: list[torch.Tensor]) -> None:
+        bases, total = [], 0
+        for p in params:
+            bases.append(total)
+            total += -(-p.numel() // 8) * 8  # each tensor starts on a byte
+        device = params[0].device
+        rt.tensor_bases = torch.tensor(bases, dtype=torch.int64, device=device)
+        rt.updated_bits = torch.zeros(total // 8, dtype=torch.uint8, device=device)
+        rt.updated_counts = torch.zeros(len(params), dtype=torch.int64, device=device)
+
+    def _expose_state(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
+        """Per-parameter views of the flat buffers, so `state` and `state_dict` look as usual."""
+        for p, (s, e) in zip(group["params"], rt.flat.segments, strict=True):
+            self.state[p] = {
+                "offsets": rt.offsets[s:e],
+                "exp_avg": rt.exp_avg[s:e],
+                "exp_avg_sq": rt.exp_avg_sq[s:e],
+            }
+
+    # -- reporting -------------------------------------------------------------------------------
+    @property
+    def density(self) -> float:
+        """Density of the current mask of the first sparse group (its start value before the
+        first step)."""
+        for group, rt in zip(self.param_groups, self._runtime, strict=True):
+            if group["sparse"]:
+                return rt.density if rt.density is not None else group["density"]
+        return 1.0
+
+    def state_bytes(self, include_tracking: bool = False) -> int:
+        """Bytes of the optimizer state: 6 per selected entry with bf16 moments and int16
+        offsets, 24 per sparse tensor, 8 per entry of dense groups (fp32 m, v). With
+        `include_tracking`, also the 1-bit-per-entry "ever updated" bitmask."""
+        total = 0
+        for group, rt in zip(self.param_groups, self._runtime, strict=True):
+            if group["sparse"]:
+                if rt.offsets is None:
+                    continue
+                buffers = [rt.offsets, rt.exp_avg, rt.exp_avg_sq]
+                if include_tracking:
+                    buffers += [rt.tensor_bases, rt.updated_bits, rt.updated_counts]
+                total += sum(b.numel() * b.element_size() for b in buffers) + rt.flat.nbytes()
+            else:
+                for p in group["params"]:
+                    total += sum(
+                        v.numel() * v.element_size()
+                        for v in self.state.get(p, {}).values()
+                        if torch.is_tensor(v)
+                    )
+        return total
+
+    def updated_fraction(self, per_tensor: bool = False) -> float | list[float]:
+        """Fraction of sparse-group entries updated (selected) at least once since creation;
+        per tensor (aligned with the params of the sparse groups, in order) or overall."""
+        fractions, updated, total = [], 0, 0
+        for group, rt in zip(self.param_groups, self._runtime, strict=True):
+            if not group["sparse"]:
+                continue
+            params = group["params"]
+            counts = rt.updated_counts.tolist() if rt.updated_counts is not None else []
+            counts += [0] * (len(params) - len(counts))
+            for p, c in zip(params, counts, strict=True):
+                fractions.append(c / p.numel() if p.numel() else 0.0)
+                updated, total = updated + c, total + p.numel()
+        if per_tensor:
+            return fractions
+        return updated / total if total else float("nan")
+
+    def log_stats(self) -> dict[str, float]:
+        """Cheap scalars for a training log: current density, fraction of the sparse entries
+        selected now ("selected_frac") and ever ("updated_frac"), and the mean effective learning
+        rate lr / (sqrt(v_hat) + eps) over the entries updated in the last step ("elr": sparse
+        groups; "elr_dense": dense groups)."""
+        sums = {"elr": [], "elr_dense": []}
+        counts = {"elr": 0, "elr_dense": 0}
+        selected, entries = 0, 0
+        for group, rt in zip(self.param_groups, self._runtime, strict=True):
+            if group["sparse"]:
+                entries += sum(p.numel() for p in group["params"])
+                if rt.exp_avg_sq is None or rt.last is None:
+                    continue
+                selected += rt.exp_avg_sq.numel()
+                sums["elr"].append(effective_lr_sum(rt.exp_avg_sq, rt.last))
+                counts["elr"] += rt.exp_avg_sq.numel()
+            elif rt.last is not None:
+                for p in group["params"]:
+                    if "exp_avg_sq" in self.state.get(p, {}):
+                        v = self.state[p]["exp_avg_sq"]
+                        sums["elr_dense"].append(effective_lr_sum(v, rt.last))
+                        counts["elr_dense"] += v.numel()
+        stats = {
+            "density": float(self.density),
+            "selected_frac": selected / entries if entries else float("nan"),
+            "updated_frac": float(self.updated_fraction()),
+        }
+        for key, parts in sums.items():
+            total = sum(float(s) for s in parts)
+            stats[key] = total / counts[key] if counts[key] else float("nan")
+        return stats
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout (per-parameter offsets, exp_avg, exp_avg_sq) plus "nanoadam": per group
+        step, bias step, current density and tracking; and the random criterion's generator."""
+        sd = super().state_dict()
+        sd["nanoadam"] = {
+            "groups": [
+                {
+                    "step": rt.step,
+                    "bias_step": rt.bias_step,
+                    "density": rt.density,
+                    "updated_bits": rt.updated_bits,
+                    "updated_counts": rt.updated_counts,
+                }
+                for rt in self._runtime
+            ],
+            "generator": None if self._generator is None else self._generator.get_state(),
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Exact inverse of `state_dict` (tensors keep their saved dtypes)."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(s["params"]) != len(g["params"])
+            for s, g in zip(saved_groups, self.param_groups, strict=True)
+        ):
+            raise ValueError("the state dict's parameter groups do not match this optimizer's")
+        by_id = {
+            saved_id: p
+            for s, g in zip(saved_groups, self.param_groups, strict=True)
+            for saved_id, p in zip(s["params"], g["params"], strict=True)
+        }
+        self.param_groups = [
+            {**s, "params": g["params"]}
+            for s, g in zip(saved_groups, self.param_groups, strict=True)
+        ]
+        self.state = defaultdict(dict)
+        for saved_id, values in state_dict["state"].items():
+            p = by_id[saved_id]
+            self.state[p] = {
+                k: v.to(p.device) if torch.is_tensor(v) else v for k, v in values.items()
+            }
+        extra = state_dict["nanoadam"]
+        self._runtime = []
+        for group, saved in zip(self.param_groups, extra["groups"], strict=True):
+            self._runtime.append(self._restore_runtime(group, saved))
+        self._generator = None
+        if extra["generator"] is not None:
+            device = self.param_groups[0]["params"][0].device
+            self._generator_for(device).set_state(extra["generator"])
+
+    def _restore_runtime(self, group: dict[str, Any], saved: dict[str, Any]) -> _GroupRuntime:
+        rt = _GroupRuntime(step=saved["step"], bias_step=saved["bias_step"])
+        rt.density = saved["density"]
+        params = group["params"]
+        if group["sparse"] and saved["updated_bits"] is not None:
+            self._init_tracking(rt, params)
+            rt.updated_bits.copy_(saved["updated_bits"])
+            rt.updated_counts.copy_(saved["updated_counts"])
+        if group["sparse"] and rt.density is not None:
+            device = params[0].device
+            layouts = [chunk_layout(p.numel(), group["chunk_size"], rt.density) for p in params]
+            rt.flat = FlatLayout.build(layouts, device)
+            rt.offsets = torch.cat([self.state[p]["offsets"] for p in params])
+            rt.exp_avg = torch.cat([self.state[p]["exp_avg"] for p in params])
+            rt.exp_avg_sq = torch.cat([self.state[p]["exp_avg_sq"] for p in params])
+            self._expose_state(group, rt)
+        if rt.step:
+            rt.last = self._hyper(group, rt.bias_step)
+        return rt
+
+
+def _validate(group: dict[str, Any]) -> None:
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"NanoAdam: {message}")
+
+    beta1, beta2 = group["betas"]
+    check(float(group["lr"]) >= 0, f"lr must be >= 0, got {group['lr']}")
+    check(0 <= beta1 < 1 and 0 <= beta2 < 1, f"betas must lie in [0, 1), got {group['betas']}")
+    check(group["eps"] >= 0, f"eps must be >= 0, got {group['eps']}")
+    check(group["weight_decay"] >= 0, f"weight_decay must be >= 0, got {group['weight_decay']}")
+    check(0 < group["density"] <= 1, f"density must lie in (0, 1], got {group['density']}")
+    final = group["final_density"]
+    if final is not None:
+        check(0 < final <= 1, f"final_density must lie in (0, 1], got {final}")
+        check(group["total_steps"] is not None, "final_density needs total_steps")
+        check(
+            group["density_interval"] is not None or group["mask_interval"] is not None,
+            "a density schedule with a static mask needs density_interval",
+        )
+    for key in ("density_interval", "total_steps", "mask_interval", "chunk_size"):
+        value = group[key]
+        check(value is None or (isinstance(value, int) and value >= 1), f"{key} must be >= 1")
+    check(group["criterion"] in CRITERIA, f"criterion must be one of {', '.join(CRITERIA)}")
+    check(group["on_refresh"] in ON_REFRESH, f"on_refresh must be one of {', '.join(ON_REFRESH)}")
+    check(group["state_dtype"].is_floating_point, "state_dtype must be a floating dtype")
+
+
+register(
+    OptimizerSpec(
+        name="nanoadam",
+        factory=NanoAdam,
+        description="AdamW on the smallest-|weight| entries of each tensor only (the paper's)",
+        defaults={
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "density": 0.01,
+            "final_density": None,
+            "density_interval": None,
+            "total_steps": None,
+            "mask_interval": 100,
+            "criterion": "small_weights",
+            "on_refresh": "carry",
+            "state_dtype": torch.bfloat16,
+            "chunk_size": 32768,
+            "seed": 0,
+        },
+        lr=1e-3,
+        memory="6kS (bf16 m, v + int16 offsets); 8kS more with int64 indices",
+        sparse=True,
+    )
+)
