@@ -87,13 +87,14 @@ def run(
         None, "--freeze-bn-stats", help="keep BatchNorm running statistics fixed"
     ),
     augment: bool = typer.Option(None, "--augment", help="light training augmentation"),
+    on_nan: str = typer.Option(None, help="non-finite loss: stop (exit 3) or skip the batch"),
     num_workers: int = typer.Option(None, help="data-loader worker processes"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Finetune a model on a task sequence and measure forgetting."""
-    from .config import resolve
+    from .config import resolve, saved_config
     from .runner import run as run_sequence
 
     options = {
@@ -127,11 +128,16 @@ def run(
         "checkpoint_every": checkpoint_every,
         "freeze_bn_stats": freeze_bn_stats,
         "augment": augment,
+        "on_nan": on_nan,
         "num_workers": num_workers,
     }
     if options["tasks"] is not None:
         options["tasks"] = tuple(options["tasks"])
-    cfg = resolve(options)
+    given = {k for k, v in options.items() if v is not None} - {"out", "device", "num_workers"}
+    if resume and out is not None and not given:
+        cfg = saved_config(out)  # `clbench run --resume --out DIR` continues with its settings
+    else:
+        cfg = resolve(options)
     console.print(
         f"[bold]clbench run[/bold] {cfg.name}: {cfg.model} / {cfg.optimizer} on "
         f"{' -> '.join(cfg.tasks)}  (lr {', '.join(f'{v:g}' for v in cfg.lr)}) -> {cfg.out}"
@@ -146,6 +152,9 @@ def _print_summary(root: Path) -> None:
     from reports import load_run
 
     data = load_run(root)
+    if data.summary.get("status", "complete") != "complete":
+        console.print(f"[red]{data.summary['status']}[/red]: {data.summary.get('message', '')}")
+        return
     table = Table(title=f"accuracy matrix (%) — {data.summary['name']}")
     table.add_column("after")
     for task in data.tasks:
@@ -258,13 +267,16 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     from reports.rundata import NotARunDir
 
-    from .runner import TrainingDiverged
+    from .runner import Interrupted, TrainingDiverged
 
     try:
         app()
     except (*USER_ERRORS, NotARunDir) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted as exc:
+        Console(stderr=True).print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(128 + exc.signum)
     except TrainingDiverged as exc:
         Console(stderr=True).print(f"[red]diverged:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(3)

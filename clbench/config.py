@@ -59,6 +59,7 @@ class RunConfig:
     checkpoint_every: int | None = None
     augment: bool = False
     freeze_bn_stats: bool = False
+    on_nan: str = "stop"
     num_workers: int = 0
     save_shift_matrices: bool = True
     preset: str | None = None
@@ -212,6 +213,7 @@ def validate(cfg: RunConfig) -> None:
         cfg.schedule in _SCHEDULES,
         f"--schedule must be one of {', '.join(_SCHEDULES)}, got {cfg.schedule!r}",
     )
+    need(cfg.on_nan in ("stop", "skip"), f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
     need(cfg.pretrain_epochs >= 1, f"--pretrain-epochs must be >= 1, got {cfg.pretrain_epochs}")
     need(cfg.pretrain_lr > 0, f"--pretrain-lr must be > 0, got {cfg.pretrain_lr}")
     need(cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}")
@@ -228,6 +230,17 @@ def validate(cfg: RunConfig) -> None:
             Path(cfg.weights).is_file(),
             f"weights file {cfg.weights!r} not found: pass an existing --weights PATH",
         )
+
+
+def saved_config(out: str) -> RunConfig:
+    """The configuration a run directory was started with (for `--resume` alone)."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise UserError(f"nothing to resume in {out}: run without --resume to start it")
+    import json
+
+    cfg = RunConfig.from_dict(json.loads(path.read_text())["config"])
+    return dataclasses.replace(cfg, out=str(out))
 
 
 def config_diff(saved: RunConfig, new: RunConfig) -> list[str]:

@@ -10,7 +10,9 @@ import math
 import platform
 import random
 import resource
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +43,38 @@ class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the message says where and what to try."""
 
 
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; the current step finished and a checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, out: str):
+        self.signum, self.step, self.out = signum, step, out
+        super().__init__(
+            f"stopped by signal {signal.Signals(signum).name} after step {step}; checkpoint "
+            f"written. Resume with: clbench run --resume --out {out}"
+        )
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set `signum`; the loop checks it after each step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class Position:
     """Where the run is: task, epoch within it, batches done in that epoch, steps done."""
@@ -52,6 +86,26 @@ class Position:
     task_step: int = 0
     loss_sum: float = 0.0  # train loss summed since the last train_log row
     loss_count: int = 0
+    nan_skips: int = 0  # batches skipped for a non-finite loss (--on-nan skip)
+
+
+@dataclass
+class Context:
+    """What the loop's helpers share."""
+
+    cfg: RunConfig
+    rd: storage.RunDir
+    model: MultiHeadNet
+    data: list[TaskData]
+    rec: Recorder
+    device: torch.device
+    progress: bool = True
+    console: Any = None
+    stop: StopSignals | None = None
+    tracker: Resources | None = None
+
+    def __post_init__(self) -> None:
+        self.tracker = Resources(self.device)
 
 
 @dataclass
@@ -112,6 +166,7 @@ def run(
     """Run (or resume) the continual sequence of `cfg`; returns the run directory."""
     rd = storage.RunDir(cfg.out)
     prepare_run_dir(rd, cfg, resume, overwrite)
+    checkpoint = load_checkpoint(rd.last) if resume and rd.last.exists() else None
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -128,94 +183,127 @@ def run(
         pretrain_info = pretrain_backbone(cfg, model.backbone, pre, device, progress, console)
     seed_everything(cfg.seed)  # the sequence starts from the same RNG state, cached or not
 
-    rec = Recorder(rd, list(cfg.tasks))
+    ctx = Context(cfg, rd, model, data, Recorder(rd, list(cfg.tasks)), device, progress, console)
     pos = Position()
-    checkpoint = storage.load_torch(rd.last) if resume and rd.last.exists() else None
     if checkpoint is None:
         theta0 = named_state(model)
         storage.write_json(rd.config, config_record(cfg, device, model, pretrain_info))
     else:
         theta0 = storage.load_torch(rd.theta0)
         pos = Position(**checkpoint["position"])
-        rec.restore(checkpoint["rows"], checkpoint["acc_rows"], checkpoint["shift_rows"])
+        ctx.rec.restore(checkpoint["rows"], checkpoint["acc_rows"], checkpoint["shift_rows"])
         for t in range(checkpoint["num_heads"]):
             model.add_head(data[t].task.num_classes)
         model.load_state_dict(checkpoint["model"])
         restore_rng(checkpoint["rng"])
-    tracker = Resources(device)
 
-    for t in range(pos.task, len(data)):
-        task = data[t]
-        if len(model.heads) <= t:  # a fresh head for this task
-            model.add_head(task.task.num_classes)
-            head = {k: v for k, v in named_state(model).items() if k.startswith(f"heads.{t}.")}
-            theta0.update(head)  # a head's reference point is its initialisation
-            storage.save_torch(rd.theta0, theta0)
-        total = task_steps(cfg, len(task.train), t)
-        opt, sched = make_optimizer(cfg, model, t, total)
-        if checkpoint is not None and checkpoint["position"]["task"] == t:
-            opt.load_state_dict(checkpoint["optimizer"])
-            sched.load_state_dict(checkpoint["scheduler"])
-        if pos.task_step == 0:
-            if t == 0:  # the "init" row: before any training, only head 1 exists
-                rec.acc_rows.append(("init", full_eval_row(model, data, 1, cfg, device)))
-            evaluate_seen(model, data, t, pos, cfg, device, rec, task_fraction(pos, task, cfg))
+    with StopSignals() as ctx.stop:
+        for t in range(pos.task, len(data)):
+            if len(model.heads) <= t:  # a fresh head for this task
+                model.add_head(data[t].task.num_classes)
+                head = {k: v for k, v in named_state(model).items() if k.startswith(f"heads.{t}.")}
+                theta0.update(head)  # a head's reference point is its initialisation
+                storage.save_torch(rd.theta0, theta0)
+            total = task_steps(cfg, len(data[t].train), t)
+            opt, sched = make_optimizer(cfg, model, t, total)
+            if checkpoint is not None and checkpoint["position"]["task"] == t:
+                opt.load_state_dict(checkpoint["optimizer"])
+                sched.load_state_dict(checkpoint["scheduler"])
+            if pos.task_step == 0:
+                if t == 0:  # the "init" row: before any training, only head 1 exists
+                    ctx.rec.acc_rows.append(("init", full_eval_row(ctx, 1)))
+                evaluate_seen(ctx, t, pos)
 
-        bar = Bar(
-            progress, console, f"task {t + 1}/{len(data)} {task.task.name}", total, pos.task_step
-        )
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        for epoch in range(pos.epoch, cfg.epochs[t]):
-            order = epoch_order(len(task.train), cfg.seed, TRAIN, t, epoch)
-            batches = batch_index_lists(order, cfg.batch_size)[pos.batch :]
-            pos.epoch = epoch
-            for x, y in iterate(task.train, batches, cfg.num_workers, device.type == "cuda"):
-                loss = train_step(model, opt, sched, criterion, x, y, t, cfg, device)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss} at step {pos.step + 1} of task {task.task.name}: "
-                        f"lower --lr (now {cfg.lr[t]})"
-                    )
-                pos.batch += 1
+            train_task(ctx, t, opt, sched, pos, total)
+
+            # end of task: curve point, full accuracy-matrix row, parameter shift, checkpoints
+            evaluate_seen(ctx, t, pos)
+            ctx.rec.acc_rows.append((cfg.tasks[t], full_eval_row(ctx, t + 1)))
+            theta = named_state(model)
+            ctx.rec.shift_rows.extend(shift.shift_rows(theta0, theta, cfg.tasks[t]))
+            if cfg.save_shift_matrices:
+                save_shift_matrices(rd.shift_npz(t), theta0, theta)
+            pos = Position(task=t + 1, step=pos.step, nan_skips=pos.nan_skips)
+            save_checkpoint(ctx, opt, sched, pos, rd.task_checkpoint(t))
+            save_checkpoint(ctx, opt, sched, pos)
+            checkpoint = None
+
+    write_summary(ctx, pos, time.perf_counter() - started, pretrain_info)
+    write_run_report(rd.root)
+    return rd.root
+
+
+def train_task(ctx: Context, t: int, opt, sched, pos: Position, total: int) -> None:
+    """The epochs of task `t` from `pos` on: step, log, evaluate, checkpoint, obey signals."""
+    cfg, task = ctx.cfg, ctx.data[t]
+    bar = Bar(
+        ctx.progress,
+        ctx.console,
+        f"task {t + 1}/{len(ctx.data)} {task.task.name}",
+        total,
+        pos.task_step,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    first_epoch = cfg.epochs[t] if pos.task_step >= total else pos.epoch  # resumed at its end
+    for epoch in range(first_epoch, cfg.epochs[t]):
+        order = epoch_order(len(task.train), cfg.seed, TRAIN, t, epoch)
+        batches = batch_index_lists(order, cfg.batch_size)[pos.batch :]
+        pos.epoch = epoch
+        for x, y in iterate(task.train, batches, cfg.num_workers, ctx.device.type == "cuda"):
+            loss = train_step(ctx.model, opt, sched, criterion, x, y, t, cfg, ctx.device)
+            pos.batch += 1
+            if not math.isfinite(loss):
+                pos.nan_skips += 1
+                if cfg.on_nan != "skip":
+                    diverged(ctx, pos, t, loss)
+            else:
                 pos.step += 1
                 pos.task_step += 1
                 pos.loss_sum += loss
                 pos.loss_count += 1
-                tracker.after_step(opt)
-                frac = task_fraction(pos, task, cfg)
+                ctx.tracker.after_step(opt)
                 if pos.task_step % cfg.log_every == 0 or pos.task_step == total:
-                    rec.train_log.append(log_row(pos, t, task, frac, opt, sched))
+                    ctx.rec.train_log.append(log_row(ctx, pos, t, opt, sched))
                     pos.loss_sum, pos.loss_count = 0.0, 0
                 if pos.task_step % cfg.eval_every == 0 and pos.task_step < total:
-                    evaluate_seen(model, data, t, pos, cfg, device, rec, frac)
-                    rec.flush()
-                if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
-                    save_checkpoint(rd, model, opt, sched, pos, rec)
-                bar.update(pos.task_step, loss)
-                if pos.task_step >= total:
-                    break
-            pos.batch, pos.epoch = 0, epoch + 1
+                    evaluate_seen(ctx, t, pos)
+                    ctx.rec.flush()
+            if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                save_checkpoint(ctx, opt, sched, pos)
+            if ctx.stop.signum is not None:
+                save_checkpoint(ctx, opt, sched, pos)
+                raise Interrupted(ctx.stop.signum, pos.step, cfg.out)
+            bar.update(pos.task_step, loss)
             if pos.task_step >= total:
                 break
-            save_checkpoint(rd, model, opt, sched, pos, rec)
-        bar.close()
+        pos.batch, pos.epoch = 0, epoch + 1
+        if pos.task_step >= total:
+            break
+        save_checkpoint(ctx, opt, sched, pos)
+    bar.close()
 
-        # end of task: curve point, full accuracy-matrix row, parameter shift, checkpoints
-        evaluate_seen(model, data, t, pos, cfg, device, rec, task_fraction(pos, task, cfg))
-        rec.acc_rows.append((task.task.name, full_eval_row(model, data, t + 1, cfg, device)))
-        theta = named_state(model)
-        rec.shift_rows.extend(shift.shift_rows(theta0, theta, task.task.name))
-        if cfg.save_shift_matrices:
-            save_shift_matrices(rd.shift_npz(t), theta0, theta)
-        pos = Position(task=t + 1, step=pos.step)
-        rec.flush()
-        save_checkpoint(rd, model, opt, sched, pos, rec, rd.task_checkpoint(t))
-        save_checkpoint(rd, model, opt, sched, pos, rec)
-        checkpoint = None
 
-    write_summary(rd, cfg, rec, tracker, model, time.perf_counter() - started, pretrain_info)
-    write_run_report(rd.root)
-    return rd.root
+def diverged(ctx: Context, pos: Position, t: int, loss: float) -> None:
+    """Stop: record the divergence in summary.json and the report (no NaN as a result), raise."""
+    message = (
+        f"loss became {loss} at step {pos.step + 1} of task {ctx.cfg.tasks[t]}: lower --lr "
+        f"(now {ctx.cfg.lr[t]:g}) or pass --on-nan skip"
+    )
+    ctx.rec.flush()
+    write_summary(
+        ctx,
+        pos,
+        0.0,
+        None,
+        status={
+            "status": "diverged",
+            "message": message,
+            "task": ctx.cfg.tasks[t],
+            "step": pos.step + 1,
+        },
+    )
+    write_run_report(ctx.rd.root)
+    raise TrainingDiverged(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +377,17 @@ def task_steps(cfg: RunConfig, n_train: int, t: int) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
+def load_checkpoint(path: Path) -> dict:
+    """last.pt, or one clear error if it cannot be read (the file is left as it is)."""
+    try:
+        return storage.load_torch(path)
+    except Exception as exc:  # truncated, corrupt, or not a checkpoint
+        raise UserError(
+            f"checkpoint {path} cannot be read ({exc.__class__.__name__}); it is left untouched: "
+            "restore it, or start again with --overwrite"
+        ) from None
+
+
 def task_fraction(pos: Position, task: TaskData, cfg: RunConfig) -> float:
     """Epochs into the current task, fractional (for plotting by epoch)."""
     return round(pos.task_step / max(1, epoch_steps(cfg, len(task.train))), 4)
@@ -308,16 +407,17 @@ def make_optimizer(cfg: RunConfig, model: nn.Module, t: int, total_steps: int):
     return opt, sched
 
 
-def evaluate_seen(model, data, t, pos, cfg, device, rec: Recorder, epoch_frac: float) -> None:
+def evaluate_seen(ctx: Context, t: int, pos: Position) -> None:
     """One forgetting-curve point: every task seen so far, each with its own head."""
+    data = ctx.data
     for j in range(t + 1):
-        acc, loss = evaluate(model, data[j].test, data[j].curve_indices, j, cfg, device)
-        rec.curves.append(
+        acc, loss = evaluate(ctx.model, data[j].test, data[j].curve_indices, j, ctx.cfg, ctx.device)
+        ctx.rec.curves.append(
             {
                 "step": pos.step,
                 "task_index": t + 1,
                 "trained_task": data[t].task.name,
-                "epoch": epoch_frac,
+                "epoch": task_fraction(pos, data[t], ctx.cfg),
                 "eval_task": data[j].task.name,
                 "accuracy": acc,
                 "loss": loss,
@@ -325,21 +425,21 @@ def evaluate_seen(model, data, t, pos, cfg, device, rec: Recorder, epoch_frac: f
         )
 
 
-def full_eval_row(model, data, n_heads: int, cfg, device) -> list[float]:
+def full_eval_row(ctx: Context, n_heads: int) -> list[float]:
     """Accuracy-matrix row on the full test sets; NaN where the head does not exist yet."""
     return [
-        evaluate(model, d.test, None, j, cfg, device)[0] if j < n_heads else math.nan
-        for j, d in enumerate(data)
+        evaluate(ctx.model, d.test, None, j, ctx.cfg, ctx.device)[0] if j < n_heads else math.nan
+        for j, d in enumerate(ctx.data)
     ]
 
 
-def log_row(pos: Position, t: int, task: TaskData, epoch_frac, opt, sched) -> dict:
+def log_row(ctx: Context, pos: Position, t: int, opt, sched) -> dict:
     """A train_log row: mean loss since the last row, LR, and the optimizer's own statistics."""
     row = {
         "step": pos.step,
         "task_index": t + 1,
-        "trained_task": task.task.name,
-        "epoch": epoch_frac,
+        "trained_task": ctx.cfg.tasks[t],
+        "epoch": task_fraction(pos, ctx.data[t], ctx.cfg),
         "loss": pos.loss_sum / max(1, pos.loss_count),
         "lr": sched.get_last_lr()[0],
         "density": 1.0,
@@ -390,12 +490,13 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(rd, model, opt, sched, pos: Position, rec: Recorder, path: Path | None = None):
+def save_checkpoint(ctx: Context, opt, sched, pos: Position, path: Path | None = None) -> None:
     """Everything needed to continue exactly: written atomically, the old file kept until the
     new one is complete."""
+    rec, model = ctx.rec, ctx.model
     rec.flush()
     storage.save_torch(
-        path or rd.last,
+        path or ctx.rd.last,
         {
             "model": model.state_dict(),
             "num_heads": len(model.heads),
@@ -460,31 +561,41 @@ def config_record(cfg: RunConfig, device, model: MultiHeadNet, pretrain_info) ->
     }
 
 
-def write_summary(rd, cfg, rec: Recorder, tracker: Resources, model, wall_s: float, pretrain_info):
+def write_summary(
+    ctx: Context, pos: Position, wall_s: float, pretrain_info, status: dict | None = None
+) -> None:
+    """summary.json. A run that did not finish (`status`) has no final figures rather than
+    partial or NaN ones."""
+    cfg, rec = ctx.cfg, ctx.rec
     names = list(cfg.tasks)
-    R = [accs for label, accs in rec.acc_rows if label != "init"]
-    summary = {
+    summary: dict[str, Any] = {
         "schema": SCHEMA,
         "name": cfg.name,
         "model": cfg.model,
         "optimizer": cfg.optimizer,
         "tasks": names,
         "seed": cfg.seed,
-        **metrics.summarize(R, names),
+        "status": "complete",
     }
-    last = [r for r in rec.shift_rows if r["after_task"] == names[-1]]
-    summary["shift"] = {
-        "l2_excl_heads": shift.total_l2(last),
-        "frac_unchanged_excl_heads": shift.frac_unchanged(last),
-    }
+    if status is None:
+        R = [accs for label, accs in rec.acc_rows if label != "init"]
+        summary.update(metrics.summarize(R, names))
+        last = [r for r in rec.shift_rows if r["after_task"] == names[-1]]
+        summary["shift"] = {
+            "l2_excl_heads": shift.total_l2(last),
+            "frac_unchanged_excl_heads": shift.frac_unchanged(last),
+        }
+    else:
+        summary.update({"final": None, "paper": None, "shift": None, **status})
+    summary["nan_skips"] = pos.nan_skips
     summary["resources"] = {
         "wall_s": wall_s,
-        "peak_memory_bytes": tracker.peak_memory(),
-        "optimizer_state_bytes": tracker.state_bytes,
-        "params": sum(p.numel() for p in model.parameters()),
+        "peak_memory_bytes": ctx.tracker.peak_memory(),
+        "optimizer_state_bytes": ctx.tracker.state_bytes,
+        "params": sum(p.numel() for p in ctx.model.parameters()),
     }
     summary["pretrain"] = pretrain_info
-    storage.write_json(rd.summary, summary)
+    storage.write_json(ctx.rd.summary, summary)
 
 
 class Bar:

@@ -3,6 +3,7 @@ stage."""
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 import torch
@@ -26,15 +27,20 @@ def autocast(device: torch.device):
 
 
 def train_step(model, opt, sched, criterion, x, y, t: int, cfg, device) -> float:
+    """One optimizer step on (x, y) with head `t`; returns the loss. A non-finite loss makes no
+    update."""
     set_train_mode(model, cfg.freeze_bn_stats)
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     with autocast(device):
         loss = criterion(model(x, t), y)
+    value = float(loss.detach())
+    if not math.isfinite(value):  # no update from a non-finite loss; the caller decides
+        return value
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sched.step()
-    return float(loss.detach())
+    return value
 
 
 @torch.no_grad()

@@ -73,119 +73,117 @@ def _save_figure(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def render_run_report(run: RunData, curves_png: str | None) -> str:
+def _settings(run: RunData) -> list[str]:
     s, cfg = run.summary, run.config.get("config", {})
-    final = s["final"]
-    out = [f"# clbench run `{s['name']}`", ""]
-    out += [
-        f"Model **{s['model']}**, optimizer **{s['optimizer']}**, tasks "
-        + " → ".join(f"`{t}`" for t in s["tasks"])
-        + f", seed {s['seed']}.",
-        "",
-        _table(
-            ["setting", "value"],
-            [
-                ["learning rates", ", ".join(f"{v:g}" for v in cfg.get("lr", []))],
-                ["epochs", ", ".join(str(v) for v in cfg.get("epochs", []))],
-                ["batch size", cfg.get("batch_size")],
-                [
-                    "optimizer hyperparameters",
-                    ", ".join(f"{k}={v}" for k, v in cfg.get("opt_hparams", {}).items())
-                    or "defaults",
-                ],
-                [
-                    "LR schedule / label smoothing",
-                    f"{cfg.get('schedule')} / {cfg.get('label_smoothing')}",
-                ],
-                ["image size", cfg.get("image_size") or "model default"],
-                [
-                    "pretrained",
-                    "timm weights"
-                    if cfg.get("pretrained")
-                    else (f"on `{cfg.get('pretrain')}`" if cfg.get("pretrain") else "no"),
-                ],
-                ["device", run.config.get("device")],
-            ],
-        ),
-        "",
+    hparams = ", ".join(f"{k}={v}" for k, v in cfg.get("opt_hparams", {}).items())
+    pre = run.config.get("pretrain") or {}
+    if cfg.get("pretrained"):
+        start = "timm weights"
+    elif cfg.get("pretrain"):
+        acc = pre.get("test_accuracy")
+        start = f"pretrained here on `{cfg['pretrain']}`" + (f" ({acc:.1f}% test)" if acc else "")
+    else:
+        start = "random init"
+    rows = [
+        ["learning rates", ", ".join(f"{v:g}" for v in cfg.get("lr", []))],
+        ["epochs", ", ".join(str(v) for v in cfg.get("epochs", []))],
+        ["batch size", cfg.get("batch_size")],
+        ["optimizer hyperparameters", hparams or "defaults"],
+        ["LR schedule / label smoothing", f"{cfg.get('schedule')} / {cfg.get('label_smoothing')}"],
+        ["image size", cfg.get("image_size") or "model default"],
+        ["starting weights", start],
+        ["device", run.config.get("device")],
     ]
+    tasks = " → ".join(f"`{t}`" for t in s["tasks"])
+    head = (
+        f"Model **{s['model']}**, optimizer **{s['optimizer']}**, tasks {tasks}, seed {s['seed']}."
+    )
+    return [head, "", _table(["setting", "value"], rows), ""]
+
+
+def _accuracy(run: RunData) -> list[str]:
     acc = run.acc_matrix
-    out += [
+    rows = [[idx, *row] for idx, row in zip(acc.index, acc.values.tolist(), strict=True)]
+    return [
         "## Accuracy matrix",
         "",
-        "Test accuracy (%) on each task (columns) after training on each task (rows); "
-        "`init` is before any training. Each task is evaluated with its own head.",
+        "Test accuracy (%) on each task (columns) after training on each task (rows); `init` is "
+        "before any training. Each task is evaluated with its own head.",
         "",
-        _table(
-            ["after", *acc.columns],
-            [[idx, *row] for idx, row in zip(acc.index, acc.values.tolist(), strict=True)],
-        ),
+        _table(["after", *acc.columns], rows),
         "",
     ]
-    out += [
-        "## Forgetting",
-        "",
-        _table(
-            ["metric", "value"],
-            [
-                ["average accuracy (last row)", final["average_accuracy"]],
-                ["mean forgetting (points)", final["mean_forgetting"]],
-                ["backward transfer (BWT)", final["bwt"]],
-                *[[f"forgetting of `{t}`", v] for t, v in final["forgetting"].items()],
-            ],
-        ),
-        "",
+
+
+def _forgetting(summary: dict) -> list[str]:
+    final = summary["final"]
+    rows = [
+        ["average accuracy (last row)", final["average_accuracy"]],
+        ["mean forgetting (points)", final["mean_forgetting"]],
+        ["backward transfer (BWT)", final["bwt"]],
+        *[[f"forgetting of `{t}`", v] for t, v in final["forgetting"].items()],
     ]
-    if s.get("paper"):
-        p = s["paper"]
-        out += [
-            "The NanoAdam paper's Table-4 columns:",
-            "",
-            _table(
-                ["T1", "T2", "T1 after T2", "Avg", "Forgetting"],
-                [[p["t1"], p["t2"], p["t1_after_t2"], p["avg"], p["forgetting"]]],
-            ),
-            "",
-        ]
-    if curves_png:
-        out += ["## Forgetting curves", "", f"![forgetting curves]({curves_png})", ""]
-    sh, res = s.get("shift", {}), s.get("resources", {})
+    out = ["## Forgetting", "", _table(["metric", "value"], rows), ""]
+    p = summary.get("paper")
+    if p:
+        cols = ["T1", "T2", "T1 after T2", "Avg", "Forgetting"]
+        vals = [p["t1"], p["t2"], p["t1_after_t2"], p["avg"], p["forgetting"]]
+        out += ["The NanoAdam paper's Table-4 columns:", "", _table(cols, [vals]), ""]
+    return out
+
+
+def _shift(summary: dict) -> list[str]:
+    sh = summary["shift"]
     unchanged = sh.get("frac_unchanged_excl_heads")
-    out += [
+    rows = [
+        ["L2 distance from the pretrained weights (heads excluded)", sh.get("l2_excl_heads")],
+        [
+            "weights never updated (bit-identical to pretrained, heads excluded)",
+            f"{100 * unchanged:.2f}%" if unchanged is not None else None,
+        ],
+    ]
+    return [
         "## Where the weights moved",
         "",
-        _table(
-            ["measure", "value"],
-            [
-                [
-                    "L2 distance from the pretrained weights (heads excluded)",
-                    sh.get("l2_excl_heads"),
-                ],
-                [
-                    "weights never updated (bit-identical to pretrained, heads excluded)",
-                    f"{100 * unchanged:.2f}%" if unchanged is not None else None,
-                ],
-            ],
-        ),
+        _table(["measure", "value"], rows),
         "",
         "Per-tensor figures are in `shift.csv`; attention q/k/v shift matrices in `shift/`.",
         "",
     ]
-    out += [
-        "## Resources",
-        "",
-        _table(
-            ["measure", "value"],
-            [
-                ["wall time (s)", res.get("wall_s")],
-                ["peak memory (MiB)", res.get("peak_memory_bytes", 0) / 2**20],
-                ["optimizer state (MiB)", res.get("optimizer_state_bytes", 0) / 2**20],
-                ["parameters", res.get("params")],
-            ],
-        ),
-        "",
+
+
+def _resources(summary: dict) -> list[str]:
+    res = summary.get("resources", {})
+    rows = [
+        ["wall time (s)", res.get("wall_s")],
+        ["peak memory (MiB)", res.get("peak_memory_bytes", 0) / 2**20],
+        ["optimizer state (MiB)", res.get("optimizer_state_bytes", 0) / 2**20],
+        ["parameters", res.get("params")],
     ]
-    return "\n".join(out)
+    if summary.get("nan_skips"):
+        rows.append(["batches skipped for a non-finite loss", summary["nan_skips"]])
+    return ["## Resources", "", _table(["measure", "value"], rows), ""]
+
+
+def render_run_report(run: RunData, curves_png: str | None) -> str:
+    s = run.summary
+    out = [f"# clbench run `{s['name']}`", ""]
+    status = s.get("status", "complete")
+    if status != "complete":
+        out += [
+            f"> **This run did not finish: {status}.** {s.get('message', '')}",
+            "",
+            "> No final figures are reported; the rows below are what was measured before.",
+            "",
+        ]
+    out += _settings(run) + _accuracy(run)
+    if s.get("final"):
+        out += _forgetting(s)
+    if curves_png:
+        out += ["## Forgetting curves", "", f"![forgetting curves]({curves_png})", ""]
+    if s.get("shift"):
+        out += _shift(s)
+    return "\n".join(out + _resources(s))
 
 
 def write_run_report(root: str | Path) -> Path:

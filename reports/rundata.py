@@ -25,7 +25,11 @@ class RunData:
 
 
 def _csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() and path.stat().st_size > 0 else pd.DataFrame()
+    """The table, or an empty one when the file is missing or has no columns yet."""
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
 
 
 class NotARunDir(ValueError):
