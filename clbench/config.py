@@ -165,6 +165,21 @@ def resolve(options: dict[str, Any]) -> RunConfig:
 _FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 
 
+#: integer options and their smallest valid value (None, where allowed, means "not set")
+_MINIMUMS = {
+    "batch_size": 1,
+    "eval_every": 1,
+    "log_every": 1,
+    "eval_samples": 1,
+    "max_steps": 1,
+    "checkpoint_every": 1,
+    "image_size": 8,
+    "patch_size": 1,
+    "pretrain_epochs": 1,
+    "num_workers": 0,
+}
+
+
 def validate(cfg: RunConfig) -> None:
     """Every check that can be made before work starts; each failure is one `UserError` line."""
 
@@ -186,25 +201,10 @@ def validate(cfg: RunConfig) -> None:
         )
     need(all(lr > 0 for lr in cfg.lr), f"--lr must be > 0, got {list(cfg.lr)}")
     need(all(e >= 1 for e in cfg.epochs), f"--epochs must be >= 1, got {list(cfg.epochs)}")
-    need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
-    need(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
-    need(cfg.log_every >= 1, f"--log-every must be >= 1, got {cfg.log_every}")
-    need(
-        cfg.eval_samples is None or cfg.eval_samples >= 1,
-        f"--eval-samples must be >= 1, got {cfg.eval_samples}",
-    )
-    need(
-        cfg.max_steps is None or cfg.max_steps >= 1,
-        f"--max-steps must be >= 1, got {cfg.max_steps}",
-    )
-    need(
-        cfg.checkpoint_every is None or cfg.checkpoint_every >= 1,
-        f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}",
-    )
-    need(
-        cfg.image_size is None or cfg.image_size >= 8,
-        f"--image-size must be >= 8, got {cfg.image_size}",
-    )
+    for key, low in _MINIMUMS.items():
+        value = getattr(cfg, key)
+        flag = "--" + key.replace("_", "-")
+        need(value is None or value >= low, f"{flag} must be >= {low}, got {value}")
     need(
         0.0 <= cfg.label_smoothing < 1.0,
         f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}",
@@ -214,9 +214,7 @@ def validate(cfg: RunConfig) -> None:
         f"--schedule must be one of {', '.join(_SCHEDULES)}, got {cfg.schedule!r}",
     )
     need(cfg.on_nan in ("stop", "skip"), f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
-    need(cfg.pretrain_epochs >= 1, f"--pretrain-epochs must be >= 1, got {cfg.pretrain_epochs}")
     need(cfg.pretrain_lr > 0, f"--pretrain-lr must be > 0, got {cfg.pretrain_lr}")
-    need(cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}")
     density = cfg.opt_hparams.get("density")
     need(density is None or 0 < density <= 1, f"--density must be in (0, 1], got {density}")
     interval = cfg.opt_hparams.get("mask_interval")
