@@ -180,6 +180,37 @@ _MINIMUMS = {
 }
 
 
+def optimizer_hparams(cfg: RunConfig) -> dict[str, Any]:
+    """The optimizer hyperparameters as the optimizer takes them: config.json keeps plain JSON
+    values, so dtypes given as text ("bfloat16", "torch.float32") become torch dtypes here."""
+    import torch
+
+    out = dict(cfg.opt_hparams)
+    for key, value in out.items():
+        if key.endswith("dtype") and isinstance(value, str):
+            dtype = getattr(torch, value.removeprefix("torch."), None)
+            if not isinstance(dtype, torch.dtype):
+                raise UserError(
+                    f"--opt-arg {key}={value}: not a torch dtype (e.g. float32, bfloat16)"
+                )
+            out[key] = dtype
+    return out
+
+
+def _check_optimizer(cfg: RunConfig) -> None:
+    """Build the optimizer once on a dummy parameter so a bad hyperparameter value is one line
+    now, not a traceback after the model is built."""
+    import torch
+
+    dummy = [torch.nn.Parameter(torch.zeros(8))]
+    try:
+        optimizers.create(cfg.optimizer, dummy, lr=cfg.lr[0], **optimizer_hparams(cfg))
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"optimizer {cfg.optimizer!r} rejects its settings: {exc}") from None
+
+
 def validate(cfg: RunConfig) -> None:
     """Every check that can be made before work starts; each failure is one `UserError` line."""
 
@@ -223,6 +254,7 @@ def validate(cfg: RunConfig) -> None:
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
         f"--device must be auto, cpu, cuda[:N] or mps, got {cfg.device!r}",
     )
+    _check_optimizer(cfg)
     if cfg.weights is not None:
         need(
             Path(cfg.weights).is_file(),

@@ -28,7 +28,7 @@ import tasks as task_registry
 from reports.markdown import write_run_report
 
 from . import __version__, metrics, shift, storage
-from .config import RunConfig, config_diff
+from .config import RunConfig, config_diff, optimizer_hparams
 from .data import batch_index_lists, epoch_order, iterate, seed_everything
 from .errors import UserError
 from .models import MultiHeadNet, create_backbone, input_spec
@@ -396,7 +396,7 @@ def task_fraction(pos: Position, task: TaskData, cfg: RunConfig) -> float:
 def make_optimizer(cfg: RunConfig, model: nn.Module, t: int, total_steps: int):
     """A new optimizer per task (the paper's protocol: its own LR per task)."""
     spec = optimizers.get(cfg.optimizer)
-    hparams = dict(cfg.opt_hparams)
+    hparams = optimizer_hparams(cfg)
     if spec.accepts("total_steps"):
         hparams["total_steps"] = total_steps
     opt = optimizers.create(cfg.optimizer, model, lr=cfg.lr[t], **hparams)

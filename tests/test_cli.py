@@ -62,6 +62,14 @@ def invoke(monkeypatch, capsys, *args):
         (["run", "--preset", "demo", "--opt-arg", "betas"], "--opt-arg takes KEY=VALUE"),
         (["run", "--preset", "demo", "--opt-arg", "momentum=0.9"], "does not take 'momentum'"),
         (["run", "--preset", "demo", "--resume", "--out", "no/such/run"], "nothing to resume"),
+        (
+            ["run", "--preset", "demo", "--opt", "nanoadam", "--opt-arg", "criterion=biggest"],
+            "rejects its settings",
+        ),
+        (
+            ["run", "--preset", "demo", "--opt", "nanoadam", "--opt-arg", "state_dtype=float33"],
+            "not a torch dtype",
+        ),
         (["list", "things"], "models, tasks, optimizers, presets"),
         (["report", "no/such/run"], "not a finished run directory"),
         (["fetch"], "nothing to fetch"),
