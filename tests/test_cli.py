@@ -167,3 +167,12 @@ def test_list_commands(monkeypatch, capsys):
         except SystemExit as exc:
             assert exc.code in (0, None)
         assert needle in capsys.readouterr().out
+
+
+def test_unwritable_out_directory(monkeypatch, capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = invoke(
+        monkeypatch, capsys, "run", *TINY, "--tasks", "digits", "--out", str(blocker / "run")
+    )
+    assert code == 2 and "writable --out" in err and len(err.strip().splitlines()) == 1
