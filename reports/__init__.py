@@ -3,7 +3,8 @@
 Reads files only (the run-directory contract of DESIGN.md); imports no training code.
 """
 
+from .compare import compare
 from .markdown import write_run_report
-from .rundata import RunData, load_run
+from .rundata import NotARunDir, ReportError, RunData, load_run
 
-__all__ = ["RunData", "load_run", "write_run_report"]
+__all__ = ["NotARunDir", "ReportError", "RunData", "compare", "load_run", "write_run_report"]

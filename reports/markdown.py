@@ -4,16 +4,12 @@ curves, and how much of the network moved."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .rundata import RunData, load_run  # noqa: E402
+from . import figures
+from .rundata import RunData, load_run
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -60,17 +56,8 @@ def plot_curves(run: RunData, path: Path) -> bool:
         f"{run.summary['model']} / {run.summary['optimizer']}: forgetting curves", fontsize=9
     )
     fig.tight_layout()
-    _save_figure(fig, path)
+    figures.save(fig, path)
     return True
-
-
-def _save_figure(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _settings(run: RunData) -> list[str]:
@@ -165,7 +152,7 @@ def _resources(summary: dict) -> list[str]:
     return ["## Resources", "", _table(["measure", "value"], rows), ""]
 
 
-def render_run_report(run: RunData, curves_png: str | None) -> str:
+def render_run_report(run: RunData, written: dict[str, Path | None], block: int | None) -> str:
     s = run.summary
     out = [f"# clbench run `{s['name']}`", ""]
     status = s.get("status", "complete")
@@ -179,22 +166,38 @@ def render_run_report(run: RunData, curves_png: str | None) -> str:
     out += _settings(run) + _accuracy(run)
     if s.get("final"):
         out += _forgetting(s)
-    if curves_png:
-        out += ["## Forgetting curves", "", f"![forgetting curves]({curves_png})", ""]
+    sections = [
+        ("forgetting_curves", "## Forgetting curves"),
+        ("qkv", f"## Attention block {block}: |θ − θ₀| of q, k, v after all tasks"),
+        ("layer_shift", "## Layer-wise shift"),
+        ("tracking", "## Effective learning rate and weights updated"),
+    ]
     if s.get("shift"):
         out += _shift(s)
+    for key, title in sections:
+        if written.get(key):
+            out += [title, "", f"![{key}](figures/{written[key].name})", ""]
     return "\n".join(out + _resources(s))
 
 
-def write_run_report(root: str | Path) -> Path:
+def write_run_report(root: str | Path, block: int | None = None) -> Path:
     """Write report.md and figures/ into the run directory; returns the report's path."""
     run = load_run(root)
-    png = run.root / "figures" / "curves.png"
-    has_curves = plot_curves(run, png)
-    text = render_run_report(run, "figures/curves.png" if has_curves else None)
-    path = run.root / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=run.root, suffix=".md")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    fig_dir = run.root / "figures"
+    group = figures.Group(run.summary["optimizer"], [run])
+    figures.assign_styles([group])
+    written: dict[str, Path | None] = {}
+    if plot_curves(run, fig_dir / "forgetting_curves.png"):
+        written["forgetting_curves"] = fig_dir / "forgetting_curves.png"
+    if run.summary.get("status", "complete") == "complete":
+        depth = figures.depth_of(figures.final_shift_matrices(run))
+        block = block if block is not None else (figures.default_block(depth) if depth else None)
+        if block is not None:
+            written["qkv"] = figures.qkv_heatmaps(
+                [group], block, fig_dir / f"qkv_shift_block{block}.png"
+            )
+        written["layer_shift"] = figures.layer_shift([group], fig_dir / "layer_shift.png")
+        written["tracking"] = figures.optimizer_tracking(
+            [group], fig_dir / "optimizer_tracking.png"
+        )
+    return figures.save_text(render_run_report(run, written, block), run.root / "report.md")

@@ -32,7 +32,11 @@ def _csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-class NotARunDir(ValueError):
+class ReportError(ValueError):
+    """Input the user can fix (a wrong folder, runs that cannot be compared); one line."""
+
+
+class NotARunDir(ReportError):
     """The folder is not a (finished) run directory."""
 
 
