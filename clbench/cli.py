@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .analyze_cli import analyze_app
 from .errors import USER_ERRORS, UserError
 
 app = typer.Typer(
@@ -261,6 +262,9 @@ def fetch(
         console.print(f"dataset {task_name}: ready in {root}")
     if model is not None:
         console.print(f"weights {model}: {fetch_weights(model)}")
+
+
+app.add_typer(analyze_app, name="analyze")
 
 
 def main() -> None:
