@@ -235,6 +235,48 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run directory"))
 
 
 @app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories (several seeds allowed)"),
+    out: Path = typer.Option(Path("compare"), "--out", "-o", help="output folder"),
+    block: int = typer.Option(None, help="attention block for the QKV heatmaps"),
+) -> None:
+    """Put runs side by side: Table 4/5, curves, QKV heatmaps, layer-wise shift."""
+    from reports import compare as compare_runs
+
+    result = compare_runs(run_dirs, out, block)
+    table = result["table"]
+    rich = Table(title="comparison (mean ± std over seeds)")
+    columns = [
+        ("group", None),
+        ("seeds", None),
+        ("T1", "t1"),
+        ("T2", "t2"),
+        ("T1 after T2", "t1_after_t2"),
+        ("avg acc", "average_accuracy"),
+        ("forgetting", "mean_forgetting"),
+        ("BWT", "bwt"),
+        ("L2 shift", "l2_excl_heads"),
+        ("never upd. %", "never_updated_pct"),
+    ]
+    for title, _ in columns:
+        rich.add_column(title, justify="left" if title == "group" else "right")
+    for _, row in table.iterrows():
+        cells = [str(row["group"]), str(row["seeds"])]
+        for _, col in columns[2:]:
+            mean, std = row[col], row[f"{col}_std"]
+            cells.append(
+                "—"
+                if mean != mean
+                else f"{mean:.2f}" + (f" ± {std:.2f}" if row["seeds"] > 1 else "")
+            )
+        rich.add_row(*cells)
+    console.print(rich)
+    if table["paper_setting"].astype(bool).any():
+        console.print("the paper's numbers and our differences are in the report")
+    console.print(f"report: {result['report']}")
+
+
+@app.command()
 def fetch(
     preset: str = typer.Option(None, help="fetch the model and tasks of this preset"),
     model: str = typer.Option(None, help="model whose pretrained weights to download"),
@@ -269,13 +311,13 @@ app.add_typer(analyze_app, name="analyze")
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    from reports.rundata import NotARunDir
+    from reports import ReportError
 
     from .runner import Interrupted, TrainingDiverged
 
     try:
         app()
-    except (*USER_ERRORS, NotARunDir) as exc:
+    except (*USER_ERRORS, ReportError) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Interrupted as exc:
