@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from . import figures
+from .rundata import ReportError
 
 PHASES = ("early", "middle", "late")
 _PHASE_COLOURS = {"early": "tab:blue", "middle": "tab:orange", "late": "tab:green"}
 _PART_MARKERS = {"q": "o", "k": "s", "v": "^", "all": "D"}
 
 
-class NotAStudyDir(ValueError):
+class NotAStudyDir(ReportError):
     """The folder holds no gradient-weight study (no ratios.csv)."""
 
 
@@ -64,19 +62,6 @@ def fmt_r(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{value:.3g}"
-
-
-def _save(fig, path: Path) -> None:
-    """Write the figure atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _samples(root: Path) -> dict[str, np.ndarray]:
@@ -136,7 +121,7 @@ def plot_scatter(ratios: pd.DataFrame, samples: dict[str, np.ndarray], path: Pat
         "r = dotted / dashed",
         fontsize=11,
     )
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def plot_ratio_depth(ratios: pd.DataFrame, path: Path) -> None:
@@ -189,7 +174,7 @@ def plot_ratio_depth(ratios: pd.DataFrame, path: Path) -> None:
     axes[0, 0].set_ylabel("r (smaller = more hyperbolic)", fontsize=9)
     axes[0, -1].legend(fontsize=8, loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def _settings(config: dict) -> list[str]:
@@ -304,9 +289,4 @@ def write_gradweight_report(root: str | Path) -> Path:
     plot_scatter(ratios, _samples(root), root / "figures" / "scatter.png")
     plot_ratio_depth(ratios, root / "figures" / "ratios.png")
     page = render(config, ratio_table(ratios))
-    path = root / "gradweight.md"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".gradweight.md.", suffix=".tmp")
-    with open(fd, "w") as fh:
-        fh.write(page)
-    os.replace(tmp, path)
-    return path
+    return figures.save_text(page, root / "gradweight.md")
