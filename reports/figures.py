@@ -332,14 +332,14 @@ def optimizer_tracking(groups: list[Group], path: Path) -> Path | None:
     """Effective learning rate (mean lr/(sqrt(v_hat)+eps) over updated entries, paper appendix
     G.5) and the fraction of weights updated at least once, over training, where logged."""
     columns = [
-        ("elr", "effective learning rate", True),
-        ("updated_frac", "share of sparse weights updated so far in the task", False),
+        ("elr", "effective learning rate", "mean lr / (√v̂ + ε)", True),
+        ("updated_frac", "share of sparse weights updated so far in the task", "fraction", False),
     ]
     present = [c for c in columns if any(c[0] in r.train_log for g in groups for r in g.runs)]
     if not present:
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(5.2 * len(present), 3.4), squeeze=False)
-    for ax, (col, title, log) in zip(axes[0], present, strict=True):
+    for ax, (col, title, ylabel, log) in zip(axes[0], present, strict=True):
         for g in groups:
             frames = [r.train_log for r in g.runs if col in r.train_log]
             if not frames:
@@ -351,6 +351,7 @@ def optimizer_tracking(groups: list[Group], path: Path) -> Path | None:
                 ax.axvline(step, color="0.4", ls="--", lw=0.9)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step (all tasks)")
+        ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
