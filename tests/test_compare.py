@@ -179,3 +179,15 @@ def test_missing_or_half_written_run_is_one_line_exit_2(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "not a finished run directory" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_separate_q_k_v_projections_are_found():
+    state = {
+        f"layers.{i}.self_attn.{p}_proj.weight": torch.full((4, 4), float(i))
+        for i in range(2)
+        for p in "qkvo"
+    }
+    found = dict(shift.attention_blocks(state))
+    assert set(found) == {f"layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "qkv"}
+    parts = qkv_parts({k: v.numpy() for k, v in found.items()}, 1)
+    assert set(parts) == {"q", "k", "v"} and float(parts["v"][0, 0]) == 1.0
