@@ -6,8 +6,10 @@ Every optimizer gets its own copy of the model's parameters and the same fixed r
 the optimizers take turns (alternating repetitions) in one process and medians are reported.
 NanoAdam runs on `param_groups(model)` (heads and norms dense), as in training, at density 1%
 with a mask refresh every 100 steps; its step time is amortized over the 100-step cycle:
-(99 plain steps + 1 refresh step) / 100. AdamW is timed fused, foreach and as a single-tensor
-loop on all parameters; the best of the three is the reference.
+(99 plain steps + 1 refresh step) / 100. It runs twice: with its default `flatten=True` (sparse
+parameters moved into one shared buffer) and with `flatten=False` (parameters left where they
+are). AdamW is timed fused, foreach and as a single-tensor loop on all parameters; the best of
+the three is the reference.
 """
 
 from __future__ import annotations
@@ -70,29 +72,40 @@ def benchmark_model(
             contenders[f"adamw_{label}"] = (torch.optim.AdamW(m.parameters(), **kwargs), m)
         except (RuntimeError, ValueError):  # e.g. no fused kernel for this device / dtype
             continue
-    m = _with_gradients(copy.deepcopy(model), grads)
-    nano = NanoAdam(param_groups(m), density=density, mask_interval=mask_interval)
-    contenders["nanoadam"] = (nano, m)
+    nanos = {}
+    for key, flatten in (("nanoadam", True), ("nanoadam_per_tensor", False)):
+        m = _with_gradients(copy.deepcopy(model), grads)
+        nanos[key] = NanoAdam(
+            param_groups(m), density=density, mask_interval=mask_interval, flatten=flatten
+        )
+        contenders[key] = (nanos[key], m)
+    nano = nanos["nanoadam"]
 
     times: dict[str, list[float]] = {key: [] for key in contenders}
-    refresh_times: list[float] = []
+    refresh_times: dict[str, list[float]] = {key: [] for key in nanos}
     for opt, _ in contenders.values():  # warm-up: allocate state, first mask
         opt.step()
     for _ in range(repetitions):
         for key, (opt, _) in contenders.items():
-            if opt is nano:
+            if key in nanos:
                 for _ in range(mask_interval):
-                    refresh = nano._runtime[0].step % mask_interval == 0
-                    (refresh_times if refresh else times[key]).append(_timed(opt.step, device))
+                    refresh = opt._runtime[0].step % mask_interval == 0
+                    timed = _timed(opt.step, device)
+                    (refresh_times[key] if refresh else times[key]).append(timed)
             else:
                 times[key] += [_timed(opt.step, device) for _ in range(adamw_steps)]
 
     medians = {key: statistics.median(values) for key, values in times.items()}
-    plain = medians.pop("nanoadam")
-    refresh_step = statistics.median(refresh_times)
-    amortized = ((mask_interval - 1) * plain + refresh_step) / mask_interval
+    nano_ms = {}
+    for key in nanos:
+        plain = medians.pop(key)
+        refresh_step = statistics.median(refresh_times[key])
+        amortized = ((mask_interval - 1) * plain + refresh_step) / mask_interval
+        nano_ms[key] = (plain, refresh_step, amortized)
     best_key = min(medians, key=medians.get)
     best = medians[best_key]
+    plain, refresh_step, amortized = nano_ms["nanoadam"]
+    per_tensor = nano_ms["nanoadam_per_tensor"]
     sparse = [p for g in nano.param_groups if g["sparse"] for p in g["params"]]
     return {
         "model": name,
@@ -107,6 +120,10 @@ def benchmark_model(
         "ratio_amortized_vs_best_adamw": amortized / best,
         "refresh_vs_adamw_step": (refresh_step - plain) / best,
         "nanoadam_state_bytes": nano.state_bytes(),
+        "per_tensor_step_ms": 1e3 * per_tensor[0],
+        "per_tensor_refresh_step_ms": 1e3 * per_tensor[1],
+        "per_tensor_amortized_ms": 1e3 * per_tensor[2],
+        "per_tensor_ratio": per_tensor[2] / best,
     }
 
 
@@ -156,6 +173,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         )
         others = ", ".join(f"{k} {v:.2f}" for k, v in r["adamw_ms"].items())
         print(f"{'':<24}AdamW ms: {others}")
+        print(
+            f"{'':<24}NanoAdam flatten=False: step {r['per_tensor_step_ms']:.2f}, refresh step "
+            f"{r['per_tensor_refresh_step_ms']:.2f}, amortized {r['per_tensor_amortized_ms']:.2f}"
+            f", ratio {r['per_tensor_ratio']:.3f}"
+        )
     if args.json:
         meta = {"device": str(device), "threads": torch.get_num_threads(), "dtype": args.dtype}
         with open(args.json, "w") as f:

@@ -23,6 +23,7 @@ from ._nanoadam_functional import (
     effective_lr_sum,
     sparse_adamw_flat,
     sparse_adamw_reference,
+    sparse_adamw_shared,
 )
 from ._selection import (
     CRITERIA,
@@ -52,6 +53,59 @@ class _GroupRuntime:
     updated_bits: torch.Tensor | None = None  # one bit per entry: ever selected
     updated_counts: torch.Tensor | None = None  # per tensor: entries ever selected
     last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
+    shared: _SharedStorage | None = None  # the flat buffer the group's parameters live in
+
+
+_ALIGN = 16  # entries: each parameter starts 64-byte aligned (fp32) inside the shared buffer
+
+
+@dataclass
+class _SharedStorage:
+    """One flat buffer holding every parameter of a sparse group; parameter i is the view
+    `buffer[starts[i] : starts[i] + numel]` (entries between parameters are padding)."""
+
+    buffer: torch.Tensor
+    starts: list[int]
+    pointers: list[int]  # data_ptr of each parameter while it still lives in the buffer
+
+    @classmethod
+    def adopt(cls, params: list[torch.Tensor]) -> _SharedStorage | None:
+        """Move the parameters' storage into one new buffer (values copied, identities, shapes
+        and autograd untouched), or None when they cannot share one: mixed devices or dtypes,
+        non-contiguous (e.g. channels-last) tensors, views of or storage shared with other
+        tensors, sparse or quantized layouts."""
+        if not params:
+            return None
+        device, dtype = params[0].device, params[0].dtype
+        for p in params:
+            if (
+                p.device != device
+                or p.dtype != dtype
+                or p.layout != torch.strided
+                or p.is_quantized
+                or p.device.type == "meta"
+                or not p.is_contiguous()
+                or p._base is not None
+                or p.storage_offset() != 0
+                or p.untyped_storage().nbytes() != p.numel() * p.element_size()
+            ):
+                return None
+        starts, total = [], 0
+        for p in params:
+            starts.append(total)
+            total += -(-p.numel() // _ALIGN) * _ALIGN
+        buffer = torch.zeros(total, dtype=dtype, device=device)
+        with torch.no_grad():
+            for p, a in zip(params, starts, strict=True):
+                view = buffer[a : a + p.numel()].view_as(p)
+                view.copy_(p)
+                p.data = view
+        return cls(buffer, starts, [p.data_ptr() for p in params])
+
+    def holds(self, params: list[torch.Tensor]) -> bool:
+        """Whether every parameter still lives in the buffer (`model.to(...)`, `p.data = ...`
+        or loading a state dict with `assign=True` move them out)."""
+        return all(p.data_ptr() == q for p, q in zip(params, self.pointers, strict=True))
 
 
 def _carry_moments(
@@ -98,6 +152,13 @@ class NanoAdam(torch.optim.Optimizer):
     moments and restarts the bias corrections. Decoupled weight decay touches updated entries
     only. Param groups with ``sparse=False`` are updated with plain AdamW (fp32 moments).
 
+    With `flatten=True` (default; a param-group option) the parameters of a sparse group are moved
+    at construction into one flat buffer owned by the optimizer (`p.data` becomes a view of it;
+    same Parameter objects, names, shapes and values, gradients untouched), so the parameter
+    update is one scatter over the buffer rather than one per tensor. Groups with mixed devices
+    or dtypes, non-contiguous (channels-last) parameters or parameters sharing storage with other
+    tensors keep their storage; so does a group whose parameters later leave the buffer.
+
     Memory (`state_bytes()`): 6 bytes per selected entry (bf16 m, v and int16 offset) + 24 bytes
     per sparse tensor (index tables) + 8 bytes per entry of dense groups; i.e. 6kS for density k
     over S sparse entries. The tracking bitmask behind `updated_fraction()` (1 bit per sparse
@@ -121,6 +182,7 @@ class NanoAdam(torch.optim.Optimizer):
         state_dtype: torch.dtype = torch.bfloat16,
         chunk_size: int | None = 32768,
         seed: int = 0,
+        flatten: bool = True,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -136,6 +198,7 @@ class NanoAdam(torch.optim.Optimizer):
             on_refresh=on_refresh,
             state_dtype=state_dtype,
             chunk_size=chunk_size,
+            flatten=flatten,
             sparse=True,
         )
         self.seed = seed
@@ -149,7 +212,10 @@ class NanoAdam(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _validate(group)
-        self._runtime.append(_GroupRuntime())
+        rt = _GroupRuntime()
+        if group["sparse"] and group["flatten"]:
+            rt.shared = _SharedStorage.adopt(group["params"])
+        self._runtime.append(rt)
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
         if self._generator is None:
@@ -178,34 +244,37 @@ class NanoAdam(torch.optim.Optimizer):
         )
 
     def _dense_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
+        params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
+        state = self.state
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError("NanoAdam does not support sparse gradients")
+            s = state[p]
+            if not s:
+                s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(g)
+            exp_avgs.append(s["exp_avg"])
+            exp_avg_sqs.append(s["exp_avg_sq"])
         if not params:
             return
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError("NanoAdam does not support sparse gradients")
-            if not self.state[p]:
-                self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                self.state[p]["exp_avg_sq"] = torch.zeros_like(
-                    p, memory_format=torch.preserve_format
-                )
         rt.step += 1
         rt.bias_step = rt.step
         rt.last = self._hyper(group, rt.bias_step)
-        dense_adamw(
-            params,
-            [p.grad for p in params],
-            [self.state[p]["exp_avg"] for p in params],
-            [self.state[p]["exp_avg_sq"] for p in params],
-            rt.last,
-        )
+        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, rt.last)
 
     def _sparse_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
         params = group["params"]
         grads = [p.grad for p in params]
-        if all(g is None for g in grads):
+        live = [g for g in grads if g is not None]
+        if not live:
             return
-        if any(g is not None and g.is_sparse for g in grads):
+        grad_dtypes = {g.dtype for g in live}
+        if any(g.is_sparse for g in live):
             raise RuntimeError("NanoAdam does not support sparse gradients")
         density = self._scheduled_density(group, rt)
         interval = group["mask_interval"]
@@ -214,24 +283,43 @@ class NanoAdam(torch.optim.Optimizer):
         rt.step += 1
         rt.bias_step += 1
         rt.last = h = self._hyper(group, rt.bias_step)
-        complete = all(g is not None for g in grads)
-        uniform = complete and len({p.dtype for p in params}) == len({g.dtype for g in grads}) == 1
-        if not complete or not uniform or self.backend == "reference":
-            live = [i for i, g in enumerate(grads) if g is not None]
-            views = [self.state[params[i]] for i in live]
+        complete = len(live) == len(grads)
+        if rt.shared is not None and not rt.shared.holds(params):
+            rt.shared = None  # the parameters moved out of the buffer: per-tensor paths
+        uniform = complete and len(grad_dtypes) == 1
+        if uniform and rt.shared is None:
+            uniform = len({p.dtype for p in params}) == 1
+        if not uniform or self.backend == "reference":
+            index = [i for i, g in enumerate(grads) if g is not None]
+            views = [self.state[params[i]] for i in index]
             sparse_adamw_reference(
-                [params[i] for i in live],
-                [grads[i] for i in live],
+                [params[i] for i in index],
+                [grads[i] for i in index],
                 [s["offsets"] for s in views],
                 [s["exp_avg"] for s in views],
                 [s["exp_avg_sq"] for s in views],
-                [rt.flat.layouts[i] for i in live],
+                [rt.flat.layouts[i] for i in index],
                 h,
             )
         elif self._use_triton(params, grads):
             from ._nanoadam_triton import sparse_adamw_triton
 
             sparse_adamw_triton(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
+        elif rt.shared is not None:
+            # Rebuilt every step (a few microseconds) rather than kept: a persistent table
+            # would be optimizer state (8 bytes per tensor) that `state_bytes` does not count.
+            bases = torch.tensor(rt.shared.starts, dtype=torch.int64, device=rt.offsets.device)
+            sparse_adamw_shared(
+                rt.shared.buffer,
+                bases,
+                params,
+                grads,
+                rt.offsets,
+                rt.exp_avg,
+                rt.exp_avg_sq,
+                rt.flat,
+                h,
+            )
         else:
             sparse_adamw_flat(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
 
@@ -437,16 +525,18 @@ class NanoAdam(torch.optim.Optimizer):
                 k: v.to(p.device) if torch.is_tensor(v) else v for k, v in values.items()
             }
         extra = state_dict["nanoadam"]
-        self._runtime = []
-        for group, saved in zip(self.param_groups, extra["groups"], strict=True):
-            self._runtime.append(self._restore_runtime(group, saved))
+        previous, self._runtime = self._runtime, []
+        for group, saved, old in zip(self.param_groups, extra["groups"], previous, strict=True):
+            self._runtime.append(self._restore_runtime(group, saved, old.shared))
         self._generator = None
         if extra["generator"] is not None:
             device = self.param_groups[0]["params"][0].device
             self._generator_for(device).set_state(extra["generator"])
 
-    def _restore_runtime(self, group: dict[str, Any], saved: dict[str, Any]) -> _GroupRuntime:
-        rt = _GroupRuntime(step=saved["step"], bias_step=saved["bias_step"])
+    def _restore_runtime(
+        self, group: dict[str, Any], saved: dict[str, Any], shared: _SharedStorage | None
+    ) -> _GroupRuntime:
+        rt = _GroupRuntime(step=saved["step"], bias_step=saved["bias_step"], shared=shared)
         rt.density = saved["density"]
         params = group["params"]
         if group["sparse"] and saved["updated_bits"] is not None:

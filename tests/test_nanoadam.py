@@ -131,6 +131,94 @@ def test_flat_path_equals_reference_path():
                 assert torch.equal(value, sb["state"][key][name])
 
 
+# -- parameters in one shared buffer ---------------------------------------------------------------
+def test_flattened_parameters_share_the_buffer_and_stay_the_models():
+    """flatten=True moves each sparse parameter into one buffer: same Parameter objects, names,
+    shapes and values in the model; after steps they still live there and the model's state
+    dict (and a saved checkpoint) holds the trained values."""
+    model = _vit()
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    opt = NanoAdam(param_groups(model), lr=1e-2, density=0.05, mask_interval=3)
+    shared = opt._runtime[0].shared
+    assert shared is not None and opt._runtime[1].shared is None  # dense group untouched
+    for name, p in model.named_parameters():
+        assert p is before[name][0] and isinstance(p, nn.Parameter)
+        assert p.shape == before[name][1].shape and torch.equal(p, before[name][1])
+    _train(model, opt, _batches(7))
+    buffer = shared.buffer
+    start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel() * buffer.element_size()
+    for p, a in zip(opt.param_groups[0]["params"], shared.starts, strict=True):
+        assert p.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+        assert p.data_ptr() == start + a * p.element_size() and p.data_ptr() < end
+        assert torch.equal(buffer[a : a + p.numel()], p.detach().view(-1))
+    assert opt._runtime[0].shared is shared  # the fast path stayed on
+    moved = sum(not torch.equal(p, before[n][1]) for n, p in model.named_parameters())
+    assert moved == len(before)
+    saved = io.BytesIO()
+    torch.save(model.state_dict(), saved)
+    saved.seek(0)
+    copy_of = _vit()
+    copy_of.load_state_dict(torch.load(saved))
+    assert _max_diff(model, copy_of) == 0.0
+    assert list(copy_of.state_dict()) == list(model.state_dict())
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_flatten_on_and_off_give_identical_weights(weight_decay):
+    """The shared-buffer path, the per-tensor flat path and the reference agree bit for bit."""
+    batches = _batches(9)
+    runs = []
+    for flatten, backend in ((True, "torch"), (False, "torch"), (False, "reference")):
+        model = _vit()
+        opt = NanoAdam(
+            param_groups(model),
+            lr=1e-2,
+            density=0.05,
+            mask_interval=4,
+            weight_decay=weight_decay,
+            chunk_size=512,
+            flatten=flatten,
+        )
+        opt.backend = backend
+        assert (opt._runtime[0].shared is not None) == flatten
+        _train(model, opt, batches)
+        runs.append((model, opt))
+    (a, oa), *others = runs
+    for b, ob in others:
+        assert _max_diff(a, b) == 0.0
+        sa, sb = oa.state_dict(), ob.state_dict()
+        for key, values in sa["state"].items():
+            for name, value in values.items():
+                assert torch.equal(value, sb["state"][key][name])
+    assert oa.state_bytes() == others[0][1].state_bytes()
+
+
+def test_flatten_falls_back_when_parameters_cannot_share_a_buffer():
+    """Mixed dtypes, views of other tensors and channels-last weights keep their storage; a
+    parameter moved out of the buffer after construction switches the group back too."""
+    torch.manual_seed(0)
+    mixed = [nn.Parameter(torch.randn(40)), nn.Parameter(torch.randn(30, dtype=torch.float64))]
+    base = torch.randn(80)
+    view = [nn.Parameter(torch.randn(20)), nn.Parameter(base[:40])]
+    conv = nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    for params in (mixed, view, [conv.weight]):
+        ptrs = [p.data_ptr() for p in params]
+        opt = NanoAdam(params, density=0.1)
+        assert opt._runtime[0].shared is None
+        assert [p.data_ptr() for p in params] == ptrs
+    params = [nn.Parameter(torch.randn(50)), nn.Parameter(torch.randn(70))]
+    opt = NanoAdam(params, lr=0.1, density=0.1)
+    assert opt._runtime[0].shared is not None
+    params[1].data = params[1].data.clone()  # e.g. model.to(...) after building the optimizer
+    start = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt._runtime[0].shared is None
+    for p, s in zip(params, start, strict=True):
+        assert (p != s).sum() == math.ceil(0.1 * p.numel())
+
+
 # -- untouched entries and tracking ----------------------------------------------------------------
 def test_never_selected_entries_stay_bit_identical_and_are_tracked():
     model = _vit()
