@@ -63,11 +63,14 @@ PRESETS: dict[str, Preset] = {
                 "adamw": (1e-3, 1e-3),
                 "nanoadam": (1e-2, 1e-2),
                 "microadam": (1e-3, 1e-3),
+                "adamw8bit": (1e-3, 1e-3),
+                "galore": (1e-3, 1e-3),
                 "sgd": (3e-2, 3e-2),
             },
             opt_hparams={
                 "nanoadam": {"density": 0.05, "mask_interval": 20},
                 "microadam": {"density": 0.05},
+                "galore": {"rank": 16, "update_proj_gap": 50},
             },
         ),
         Preset(

@@ -4,8 +4,10 @@
 `param_groups(model)` splits a model into the sparse and the dense (heads, norms) group.
 """
 
-from . import baselines  # noqa: F401  (registers adamw, sgd)
+# Registering modules: adamw, sgd; adamw8bit, galore (their packages load on use).
+from . import baselines, external  # noqa: F401
 from .groups import dense_modules, is_norm, param_groups
+from .microadam import MicroAdam
 from .nanoadam import NanoAdam
 from .registry import (
     OptimizerError,
@@ -19,6 +21,7 @@ from .registry import (
 )
 
 __all__ = [
+    "MicroAdam",
     "NanoAdam",
     "OptimizerError",
     "OptimizerSpec",

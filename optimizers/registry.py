@@ -31,6 +31,8 @@ class OptimizerSpec:
         (and ``lr``) may be passed to `create`.
     memory: the optimizer-state memory as a formula in S (parameters) and its hyperparameters.
     sparse: whether it honours ``sparse=False`` param groups (dense optimizers ignore them).
+    groups: how `create` splits a model into param groups (default: `param_groups`); for an
+        optimizer that treats some layers specially (GaLore: attention and MLP weights).
     """
 
     name: str
@@ -40,6 +42,7 @@ class OptimizerSpec:
     lr: float = 1e-3
     memory: str = ""
     sparse: bool = False
+    groups: Callable[[nn.Module], list[dict]] | None = None
 
     def accepts(self, hparam: str) -> bool:
         return hparam == "lr" or hparam in self.defaults
@@ -87,7 +90,8 @@ def get(name: str) -> OptimizerSpec:
 def create(
     name: str, model_or_params: nn.Module | Iterable[Any], **hparams: Any
 ) -> torch.optim.Optimizer:
-    """Build optimizer `name` for a model (param groups from `param_groups`) or for given params.
+    """Build optimizer `name` for a model (param groups from the spec's `groups`, by default
+    `param_groups`) or for given params.
 
     Hyperparameters not given take the spec's defaults; one the optimizer does not take is an
     error rather than silently ignored.
@@ -101,7 +105,7 @@ def create(
         )
     kwargs = {**spec.defaults, "lr": spec.lr, **hparams}
     if isinstance(model_or_params, nn.Module):
-        params: Any = param_groups(model_or_params)
+        params: Any = (spec.groups or param_groups)(model_or_params)
     else:
         params = list(model_or_params)
     return spec.factory(params, **kwargs)
