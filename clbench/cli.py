@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .analyze_cli import analyze_app
@@ -318,13 +319,19 @@ def main() -> None:
     try:
         app()
     except (*USER_ERRORS, ReportError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except Interrupted as exc:
-        Console(stderr=True).print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"interrupted: {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(128 + exc.signum)
     except TrainingDiverged as exc:
-        Console(stderr=True).print(f"[red]diverged:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[red]diverged:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(3)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")

@@ -206,8 +206,8 @@ def _check_optimizer(cfg: RunConfig) -> None:
     try:
         optimizers.create(cfg.optimizer, dummy, lr=cfg.lr[0], **optimizer_hparams(cfg))
     except (ValueError, TypeError) as exc:
-        if isinstance(exc, UserError):
-            raise
+        if isinstance(exc, UserError | optimizers.OptimizerError):
+            raise  # already one line that names the fix
         raise UserError(f"optimizer {cfg.optimizer!r} rejects its settings: {exc}") from None
 
 

@@ -26,8 +26,7 @@ _QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 
 
 def _require(module: str, package: str, extra: str, optimizer: str) -> Any:
-    """Import an optional package or raise the one-line install hint. (The hint avoids square
-    brackets, which console markup would swallow.)"""
+    """Import an optional package or raise the one-line install hint."""
     levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
     try:
         for name in _QUIET_LOGGERS:
