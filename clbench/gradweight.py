@@ -265,25 +265,6 @@ def validate_study(study: StudyConfig) -> None:
         raise UserError(f"--weight-decay must be >= 0, got {study.weight_decay}")
 
 
-def prepare_out(rd: storage.RunDir, overwrite: bool) -> None:
-    """An empty, writable output folder; an existing one is replaced only with `overwrite`."""
-    if rd.exists():
-        if not overwrite:
-            raise UserError(
-                f"output folder {rd.root} already exists: pass --overwrite to replace it, "
-                "or --out elsewhere"
-            )
-        import shutil
-
-        shutil.rmtree(rd.root)
-    try:
-        rd.root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to {rd.root} ({exc.strerror}): pass a writable --out"
-        ) from None
-
-
 def run_study(
     cfg: RunConfig,
     study: StudyConfig,
@@ -308,7 +289,7 @@ def run_study(
     keys = list(study.tensors) if study.tensors else default_tensors(named, tname)
     select_tensors(named, keys)  # unknown names fail before any data or training
     rd = storage.RunDir(cfg.out)
-    prepare_out(rd, overwrite)
+    storage.fresh_dir(rd.root, overwrite)
 
     data = load_task(cfg.tasks[0], spec, cfg, _SEED_PHASE, 0)
     pretrain_info = None

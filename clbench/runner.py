@@ -323,24 +323,7 @@ def prepare_run_dir(rd: storage.RunDir, cfg: RunConfig, resume: bool, overwrite:
                 "use the same options, or --overwrite to start again"
             )
         return
-    if rd.exists():
-        if not overwrite:
-            raise UserError(
-                f"run directory {rd.root} already exists: pass --resume to continue it, "
-                "--overwrite to replace it, or --out elsewhere"
-            )
-        import shutil
-
-        shutil.rmtree(rd.root)
-    try:
-        rd.root.mkdir(parents=True, exist_ok=True)
-        probe = rd.root / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to {rd.root} ({exc.strerror}): pass a writable --out"
-        ) from None
+    storage.fresh_dir(rd.root, overwrite, "pass --resume to continue it, ")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -90,6 +91,27 @@ def save_torch(path: Path, obj: Any) -> None:
 
 def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fresh_dir(root: Path, overwrite: bool, other_fix: str = "") -> None:
+    """An empty, writable output folder. An existing non-empty one is replaced only with
+    `overwrite`; otherwise one `UserError` line that names the fixes (`other_fix` first)."""
+    from .errors import UserError
+
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"{root} already exists: {other_fix}pass --overwrite to replace it, "
+                "or --out elsewhere"
+            )
+        shutil.rmtree(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to {root} ({exc.strerror}): pass a writable --out") from None
 
 
 class RunDir:
