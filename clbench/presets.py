@@ -39,7 +39,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "demo",
-            "offline, ~2 min on 2 CPU cores: vit-micro at 16 px (patch 4), pretrained on `shapes`, "
+            "offline, ~20 s on 2 CPU cores: vit-micro at 16 px (patch 4), pretrained on `shapes`, "
             "then digits -> gratings",
             {
                 "model": "vit-micro",
