@@ -252,15 +252,15 @@ def compare(
         ("seeds", None),
         ("T1", "t1"),
         ("T2", "t2"),
-        ("T1 after T2", "t1_after_t2"),
-        ("avg acc", "average_accuracy"),
-        ("forgetting", "mean_forgetting"),
-        ("BWT", "bwt"),
-        ("L2 shift", "l2_excl_heads"),
-        ("never upd. %", "never_updated_pct"),
+        ("T1 aft.", "t1_after_t2"),
+        ("avg", "average_accuracy"),
+        ("forget", "mean_forgetting"),
+        ("L2", "l2_excl_heads"),
+        ("kept %", "never_updated_pct"),
     ]
-    for title, _ in columns:
-        rich.add_column(title, justify="left" if title == "group" else "right")
+    rich.add_column("group", no_wrap=True, min_width=10)
+    for title, _ in columns[1:]:
+        rich.add_column(title, justify="right")
     for _, row in table.iterrows():
         cells = [str(row["group"]), str(row["seeds"])]
         for _, col in columns[2:]:
