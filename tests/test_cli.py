@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from _cli import main_exit as invoke
 
 from clbench import cli
 
@@ -21,14 +22,6 @@ TINY = [
     "8",
     "--quiet",
 ]
-
-
-def invoke(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["clbench", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize(

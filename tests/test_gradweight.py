@@ -2,14 +2,13 @@
 command's user errors."""
 
 import math
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _cli import main_exit as invoke
 
-from clbench import cli
 from clbench.gradweight import (
     default_tensors,
     hyperbolic_ratio,
@@ -37,14 +36,6 @@ TINY = [
     "32",
     "--quiet",
 ]
-
-
-def invoke(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["clbench", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 # ---------------------------------------------------------------------------------- the ratio

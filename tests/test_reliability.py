@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from _cli import main_exit
 
 from clbench import cli, storage, training
 
@@ -42,14 +43,7 @@ TOTAL_STEPS = 18
 
 
 def cli_run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["clbench", "run", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return main_exit(monkeypatch, capsys, "run", *args)
 
 
 def start(out, *extra):
