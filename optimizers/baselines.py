@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ._nanoadam_functional import AdamHyper, effective_lr_sum
 from .registry import OptimizerSpec, register, tensor_state_bytes
 
 
@@ -15,6 +16,33 @@ class AdamW(torch.optim.AdamW):
 
     def state_bytes(self) -> int:
         return tensor_state_bytes(self)
+
+    @torch.no_grad()
+    def log_stats(self) -> dict[str, float]:
+        """The mean effective learning rate lr / (sqrt(v_hat) + eps) over every entry (paper
+        appendix G.5), split as NanoAdam reports it: "elr" over the ``sparse`` groups (or groups
+        without the flag), "elr_dense" over ``sparse=False`` groups. One pass over v; meant for
+        logging every few steps, not every step."""
+        sums = {"elr": torch.zeros(()), "elr_dense": torch.zeros(())}
+        counts = {"elr": 0, "elr_dense": 0}
+        for group in self.param_groups:
+            key = "elr" if group.get("sparse", True) else "elr_dense"
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if "exp_avg_sq" not in state:
+                    continue
+                h = AdamHyper(
+                    group["lr"],
+                    beta1,
+                    beta2,
+                    group["eps"],
+                    group["weight_decay"],
+                    int(state["step"]),
+                )
+                sums[key] = sums[key] + effective_lr_sum(state["exp_avg_sq"], h).cpu()
+                counts[key] += p.numel()
+        return {k: float(sums[k]) / counts[k] if counts[k] else float("nan") for k in sums}
 
 
 class SGD(torch.optim.SGD):

@@ -50,3 +50,32 @@ def test_third_party_optimizer_through_entry_point(monkeypatch):
     assert "mine" in optimizers.available()
     opt = optimizers.create("mine", nn.Linear(2, 2), lr=0.1)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_adamw_logs_the_effective_learning_rate():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    opt = optimizers.create("adamw", model, lr=1e-2)
+    assert all(v != v for v in opt.log_stats().values())  # nothing yet: NaN, not 0
+    grads = [
+        torch.full_like(p, 0.5) if i == 0 else torch.randn_like(p)
+        for i, p in enumerate(model.parameters())
+    ]
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g
+    opt.step()
+    # after one step v_hat = g^2, so each entry's effective LR is lr / (|g| + eps)
+    sparse = [
+        g
+        for p, g in zip(model.parameters(), grads, strict=True)
+        if any(p is q for q in opt.param_groups[0]["params"])
+    ]
+    expected = torch.cat([(1e-2 / (g.abs() + 1e-8)).flatten() for g in sparse]).mean()
+    stats = opt.log_stats()
+    assert stats["elr"] == pytest.approx(float(expected), rel=1e-5)
+    dense = [
+        g
+        for p, g in zip(model.parameters(), grads, strict=True)
+        if any(p is q for q in opt.param_groups[1]["params"])
+    ]
+    expected_dense = torch.cat([(1e-2 / (g.abs() + 1e-8)).flatten() for g in dense]).mean()
+    assert stats["elr_dense"] == pytest.approx(float(expected_dense), rel=1e-5)
