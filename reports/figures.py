@@ -264,6 +264,11 @@ _COMPONENTS = {
 }
 
 
+_CONV = re.compile(
+    r"(?:conv\w*|downsample\.0)\.weight$"
+)  # resnet shortcuts: downsample.0 is the conv
+
+
 def layer_l2(run: RunData) -> pd.DataFrame:
     """Per block and component (q, k, v, attn proj, mlp) the L2 shift after the last task; for
     models without attention blocks, per convolution weight in network order."""
@@ -285,7 +290,7 @@ def layer_l2(run: RunData) -> pd.DataFrame:
             .apply(lambda s: math.sqrt((s**2).sum()))
             .reset_index()
         )
-    convs = [(n, v) for n, v in values.items() if "conv" in n and n.endswith("weight")]
+    convs = [(n, v) for n, v in values.items() if _CONV.search(n)]
     return pd.DataFrame(
         [{"layer": i, "component": "conv", "l2": v, "name": n} for i, (n, v) in enumerate(convs)]
     )
