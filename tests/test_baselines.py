@@ -10,6 +10,9 @@ import sys
 import pytest
 import timm
 import torch
+from _tiny import small_batches as _batches
+from _tiny import small_vit as _vit
+from _tiny import train as _train
 from torch import nn
 
 import optimizers
@@ -133,11 +136,6 @@ def test_missing_package_on_the_command_line_exits_2(monkeypatch, capsys, tmp_pa
 
 
 # -- GaLore ----------------------------------------------------------------------------------------
-def _vit() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("test_vit", pretrained=False, num_classes=5, img_size=32, patch_size=8)
-
-
 def test_galore_projects_exactly_the_attention_and_mlp_weights():
     model = _vit()
     groups = external.galore_groups(model)
@@ -163,21 +161,6 @@ def test_galore_rank_is_clamped_to_the_layer():
     assert ranks == {64}
     opt = optimizers.create("galore", _vit(), rank=16)
     assert {g["rank"] for g in opt.param_groups if "rank" in g} == {16}
-
-
-def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g))
-        for _ in range(n)
-    ]
-
-
-def _train(model: nn.Module, opt: torch.optim.Optimizer, batches) -> None:
-    for x, y in batches:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,9 @@ import math
 import pytest
 import timm
 import torch
+from _tiny import small_batches as _batches
+from _tiny import small_vit as _vit
+from _tiny import train as _train
 from torch import nn
 
 import optimizers
@@ -142,26 +145,6 @@ def test_window_one_density_one_closed_form():
         expected = expected * (1 - lr * wd) - lr * c1 * g / (math.sqrt(c2) * g.abs() + eps)
         torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
         assert _error_feedback(opt, p).abs().max() == 0
-
-
-def _vit() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("test_vit", pretrained=False, num_classes=5, img_size=32, patch_size=8)
-
-
-def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g))
-        for _ in range(n)
-    ]
-
-
-def _train(model: nn.Module, opt: torch.optim.Optimizer, batches) -> None:
-    for x, y in batches:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
 
 
 def test_state_dict_round_trip_continues_identically():

@@ -9,6 +9,9 @@ import math
 import pytest
 import timm
 import torch
+from _tiny import native_batches as _batches
+from _tiny import tiny_vit as _vit
+from _tiny import train as _train
 from torch import nn
 
 import optimizers
@@ -23,26 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _vit() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("test_vit", pretrained=False, num_classes=5)
-
-
-def _batches(n: int, size: int = 160) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(2, 3, size, size, generator=g), torch.randint(0, 5, (2,), generator=g))
-        for _ in range(n)
-    ]
-
-
-def _train(model: nn.Module, opt: torch.optim.Optimizer, batches) -> None:
-    for x, y in batches:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
 
 
 def _max_diff(a: nn.Module, b: nn.Module) -> float:
