@@ -28,6 +28,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def _assert_same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> None:
+    """Both optimizers hold the same state entries with bit-identical tensors."""
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    for key, values in sa.items():
+        assert values.keys() == sb[key].keys()
+        for name, value in values.items():
+            assert torch.equal(value, sb[key][name])
+
+
 def _max_diff(a: nn.Module, b: nn.Module) -> float:
     return max(
         (p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True)
@@ -107,11 +116,7 @@ def test_flat_path_equals_reference_path():
         for model, opt in zip(models, opts, strict=True):
             _train(model, opt, batches)
         assert _max_diff(*models) == 0.0
-        sa, sb = opts[0].state_dict(), opts[1].state_dict()
-        for key, values in sa["state"].items():
-            assert values.keys() == sb["state"][key].keys()
-            for name, value in values.items():
-                assert torch.equal(value, sb["state"][key][name])
+        _assert_same_state(*opts)
 
 
 # -- parameters in one shared buffer ---------------------------------------------------------------
@@ -169,10 +174,7 @@ def test_flatten_on_and_off_give_identical_weights(weight_decay):
     (a, oa), *others = runs
     for b, ob in others:
         assert _max_diff(a, b) == 0.0
-        sa, sb = oa.state_dict(), ob.state_dict()
-        for key, values in sa["state"].items():
-            for name, value in values.items():
-                assert torch.equal(value, sb["state"][key][name])
+        _assert_same_state(oa, ob)
     assert oa.state_bytes() == others[0][1].state_bytes()
 
 
