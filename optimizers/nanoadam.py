@@ -28,9 +28,9 @@ from ._nanoadam_functional import (
 from ._selection import (
     CRITERIA,
     chunk_layout,
-    chunk_offsets,
     offset_dtype,
-    selection_score,
+    select_offsets,
+    selection_source,
 )
 from .registry import OptimizerSpec, register
 
@@ -358,11 +358,11 @@ class NanoAdam(torch.optim.Optimizer):
         layouts = [chunk_layout(p.numel(), group["chunk_size"], density) for p in params]
         dtype = offset_dtype(group["chunk_size"], [p.numel() for p in params])
         generator = self._generator_for(device) if group["criterion"] == "random" else None
-        pieces = []
-        for p, lay in zip(params, layouts, strict=True):
-            score, largest = selection_score(group["criterion"], p, p.grad, generator)
-            pieces.append(chunk_offsets(score, lay, largest, dtype))
-        offsets = torch.cat(pieces)
+        sources, score, largest = [], torch.abs, False
+        for p in params:
+            source, score, largest = selection_source(group["criterion"], p, p.grad, generator)
+            sources.append(source)
+        offsets = select_offsets(sources, layouts, score, largest, dtype)
         flat = FlatLayout.build(layouts, device)
         if rt.tensor_bases is None:
             self._init_tracking(rt, params)

@@ -16,7 +16,7 @@ from torch import nn
 
 import optimizers
 from optimizers import NanoAdam, param_groups
-from optimizers._selection import chunk_layout, local_index
+from optimizers._selection import chunk_layout, chunk_offsets, local_index, select_offsets
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -313,6 +313,42 @@ def test_criterion_picks_k_extreme_entries_per_chunk(criterion, score, largest):
     assert picked.numel() == 10 * 5 + 3  # ten full chunks of 100, a tail of 50
     changed = (w.detach() != before).nonzero().view(-1)
     assert set(changed.tolist()) <= set(picked.tolist())
+
+
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.05])
+def test_fast_cpu_selection_equals_a_full_top_k_per_chunk(largest, density, monkeypatch):
+    """The sampled-cut selection (chunks of 32768) against one full top-k per chunk, on tensors
+    whose strided sample misjudges some chunks in both directions (too many and too few
+    candidates), tensors shorter than a chunk, and tails."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = [32768 * 20, 32768 * 3 + 5000, 9000, 70000, 300]
+    scores = [torch.rand(n, generator=gen) for n in sizes]
+    flip = -1.0 if largest else 1.0
+    scores[0][: 4 * 32768 : 32] += 5.0 * flip  # sampled entries look kept-far-away: few cut
+    scores[1][::32] = torch.rand(scores[1][::32].shape, generator=gen) * 1e-3 + (
+        2.0 if largest else -1.0
+    )  # sampled entries look like the kept ones: every chunk's cut lets too many through
+    layouts = [chunk_layout(n, 32768, density) for n in sizes]
+    full_rows = []  # rows given a full top-k: the misjudged chunks, and only those
+    topk = torch.topk
+
+    def spy(x, *args, **kwargs):
+        if x.dim() == 2 and x.shape[1] == 32768:
+            full_rows.append(x.shape[0])
+        return topk(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "topk", spy)
+    fast = select_offsets(scores, layouts, lambda x: x, largest, torch.int16)
+    monkeypatch.undo()
+    assert sum(full_rows) == 4 + 3  # the first four chunks of tensor 0, all full chunks of 1
+    full = torch.cat(
+        [
+            chunk_offsets(s, lay, largest, torch.int16)
+            for s, lay in zip(scores, layouts, strict=True)
+        ]
+    )
+    assert torch.equal(fast, full)
 
 
 def test_random_criterion_is_seeded_and_per_chunk():
