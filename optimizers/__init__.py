@@ -6,6 +6,7 @@
 
 # Registering modules: adamw, sgd; adamw8bit, galore (their packages load on use).
 from . import baselines, external  # noqa: F401
+from .fused_backward import FusedBackward, FusedBackwardError
 from .groups import dense_modules, is_norm, param_groups
 from .microadam import MicroAdam
 from .nanoadam import NanoAdam
@@ -21,6 +22,8 @@ from .registry import (
 )
 
 __all__ = [
+    "FusedBackward",
+    "FusedBackwardError",
     "MicroAdam",
     "NanoAdam",
     "OptimizerError",

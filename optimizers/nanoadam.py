@@ -339,6 +339,71 @@ class NanoAdam(torch.optim.Optimizer):
             raise RuntimeError("the Triton path needs one parameter dtype and one gradient dtype")
         return ok
 
+    # -- fused backward (optimizers.FusedBackward) ------------------------------------------------
+    def fused_check(self) -> None:
+        """Refuse fused backward where a refresh needs every gradient of a tensor first."""
+        for group in self.param_groups:
+            if group["sparse"] and group["criterion"] == "large_grads":
+                from .fused_backward import FusedBackwardError
+
+                raise FusedBackwardError(
+                    "NanoAdam's 'large_grads' criterion reads whole gradients at a refresh; "
+                    "use small_weights, large_weights or random with fused backward"
+                )
+
+    def fused_begin(self) -> None:
+        """A new step starts: each group begins it at its first parameter's gradient."""
+        self._fused_owner = {
+            p: (g, i)
+            for g, group in enumerate(self.param_groups)
+            for i, p in enumerate(group["params"])
+        }
+        self._fused_started = [False] * len(self.param_groups)
+
+    @torch.no_grad()
+    def fused_update(self, param: torch.Tensor) -> None:
+        """`step()` restricted to `param`, with `param.grad` ready (called inside backward)."""
+        g, i = self._fused_owner[param]
+        group, rt = self.param_groups[g], self._runtime[g]
+        grad = param.grad
+        if grad is None:
+            return
+        if grad.is_sparse:
+            raise RuntimeError("NanoAdam does not support sparse gradients")
+        if not self._fused_started[g]:
+            self._fused_started[g] = True
+            if group["sparse"]:
+                density = self._scheduled_density(group, rt)
+                interval = group["mask_interval"]
+                due = interval and rt.step % interval == 0
+                if rt.offsets is None or density != rt.density or due:
+                    self._refresh(group, rt, density)
+                rt.step += 1
+                rt.bias_step += 1
+            else:
+                rt.step += 1
+                rt.bias_step = rt.step
+            rt.last = self._hyper(group, rt.bias_step)
+        # `param.data`: an alias with its own version counter, so writing it does not mark the
+        # other parameters of a shared buffer as modified for autograd.
+        data = param.data
+        s = self.state[param]
+        if group["sparse"]:
+            sparse_adamw_reference(
+                [data],
+                [grad],
+                [s["offsets"]],
+                [s["exp_avg"]],
+                [s["exp_avg_sq"]],
+                [rt.flat.layouts[i]],
+                rt.last,
+            )
+        else:
+            if not s:
+                s["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                s["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            dense_adamw([data], [grad], [s["exp_avg"]], [s["exp_avg_sq"]], rt.last)
+
     # -- masks -----------------------------------------------------------------------------------
     def _scheduled_density(self, group: dict[str, Any], rt: _GroupRuntime) -> float:
         start, final = group["density"], group["final_density"]
