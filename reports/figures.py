@@ -63,6 +63,16 @@ def assign_styles(groups: list[Group]) -> None:
         seen[opt] = seen.get(opt, 0) + 1
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: temporary files are created private (0600); the renamed result gets the usual mode
+_FILE_MODE = _umask_mode()
+
+
 def _atomic(path: Path, write) -> Path:
     """Write through a temporary file in the same folder, then rename: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +80,7 @@ def _atomic(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
