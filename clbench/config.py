@@ -13,7 +13,7 @@ from typing import Any
 import optimizers
 import tasks
 
-from . import models
+from . import distributed, models
 from .errors import UserError
 from .presets import MODEL_PRESETS, PRESETS
 
@@ -254,11 +254,23 @@ def validate(cfg: RunConfig) -> None:
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
         f"--device must be auto, cpu, cuda[:N] or mps, got {cfg.device!r}",
     )
+    check_processes(cfg)
     _check_optimizer(cfg)
     if cfg.weights is not None:
         need(
             Path(cfg.weights).is_file(),
             f"weights file {cfg.weights!r} not found: pass an existing --weights PATH",
+        )
+
+
+def check_processes(cfg: RunConfig) -> None:
+    """Under torchrun `--batch-size` is the global batch, shared out evenly over the processes.
+    (Also checked when a run is resumed, possibly with another number of processes.)"""
+    n = distributed.world_size()
+    if cfg.batch_size % n:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} (the global batch) does not split evenly over {n} "
+            f"processes: pass a multiple of {n}"
         )
 
 

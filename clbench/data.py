@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -27,17 +29,23 @@ def epoch_order(n: int, *seed_parts: int) -> torch.Tensor:
 
 
 def batch_index_lists(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Consecutive batches of `order`; a trailing batch of one sample is dropped (BatchNorm cannot
-    train on it), any other partial batch is kept."""
+    """Consecutive (global) batches of `order`. A trailing partial batch too small to share out
+    is dropped: one of a single sample (BatchNorm cannot train on it) or, under torchrun, one
+    with fewer samples than processes (each process needs one). Any other partial batch is
+    kept."""
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > 1 and len(batches[-1]) < _smallest_last_batch():
         batches.pop()
     return batches
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+    return full + (1 if rest >= _smallest_last_batch() or (rest and full == 0) else 0)
+
+
+def _smallest_last_batch() -> int:
+    return max(2, distributed.world_size())
 
 
 def _worker_init(worker_id: int) -> None:

@@ -1,6 +1,7 @@
 """The optional pretraining stage: train the backbone densely (AdamW) on one task before the
 sequence, so that offline runs finetune a pretrained model as the paper does. Results are cached
-in the user cache directory, keyed by everything that determines them."""
+in the user cache directory, keyed by everything that determines them. Under torchrun all
+processes train together, like the sequence, and process 0 writes the cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import storage
+from . import distributed, storage
 from .config import RunConfig, cache_dir
 from .data import batch_index_lists, epoch_order, iterate, seed_everything
 from .models import MultiHeadNet, timm_name
@@ -51,7 +52,7 @@ def pretrain_backbone(
     """Load the cached result or train it; returns what happened, for config.json/summary."""
     name = f"{cfg.model}-{cfg.pretrain}".replace("/", "_").replace(":", "_")
     path = cache_dir() / "pretrain" / f"{name}-{cache_key(cfg)}.pt"
-    if path.exists():
+    if distributed.broadcast_object(path.exists()):  # process 0's view decides for all
         cached = storage.load_torch(path)
         backbone.load_state_dict(cached["backbone"])
         return {**cached["info"], "cache": "hit", "path": str(path)}
@@ -66,7 +67,7 @@ def pretrain_backbone(
     batches_per_epoch = len(batch_index_lists(torch.arange(len(data.train)), cfg.batch_size))
     total = cfg.pretrain_epochs * batches_per_epoch
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from rich.progress import Progress
 
         bar = Progress(console=console)
@@ -74,7 +75,8 @@ def pretrain_backbone(
         bar_id = bar.add_task(f"pretrain on {data.task.name}", total=total)
     for epoch in range(cfg.pretrain_epochs):
         order = epoch_order(len(data.train), cfg.seed, _PRETRAIN_PHASE, epoch)
-        for x, y in iterate(data.train, batch_index_lists(order, cfg.batch_size), cfg.num_workers):
+        batches = [distributed.shard(b) for b in batch_index_lists(order, cfg.batch_size)]
+        for x, y in iterate(data.train, batches, cfg.num_workers):
             train_step(net, opt, sched, criterion, x, y, 0, cfg, device)
             if bar is not None:
                 bar.advance(bar_id)
@@ -88,5 +90,6 @@ def pretrain_backbone(
         "test_accuracy": accuracy,
     }
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-    storage.save_torch(path, {"backbone": state, "info": info})
+    if distributed.is_main():
+        storage.save_torch(path, {"backbone": state, "info": info})
     return {**info, "cache": "miss", "path": str(path)}

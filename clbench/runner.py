@@ -1,7 +1,8 @@
 """The continual runner: finetune one model on a sequence of tasks, measuring forgetting as it goes.
 
 `run` is the whole loop, top to bottom; every detail is one call away. See DESIGN.md for the
-run-directory contract it writes.
+run-directory contract it writes. Under torchrun every process runs this loop on its share of each
+batch (`clbench.distributed`); process 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import optimizers
 import tasks as task_registry
 from reports.markdown import write_run_report
 
-from . import __version__, metrics, shift, storage
-from .config import RunConfig, config_diff, optimizer_hparams
+from . import __version__, distributed, metrics, shift, storage
+from .config import RunConfig, check_processes, config_diff, optimizer_hparams
 from .data import batch_index_lists, epoch_order, iterate, seed_everything
 from .errors import UserError
 from .models import MultiHeadNet, create_backbone, input_spec
@@ -137,6 +138,7 @@ class Recorder:
         self.acc_rows = [(label, list(accs)) for label, accs in acc_rows]
         self.shift_rows = list(shift_rows)
 
+    @distributed.main_only
     def flush(self) -> None:
         storage.write_csv(
             self.rd.curves,
@@ -164,18 +166,20 @@ def run(
     console: Any = None,
 ) -> Path:
     """Run (or resume) the continual sequence of `cfg`; returns the run directory."""
+    device = distributed.setup(resolve_device(cfg.device))
+    check_processes(cfg)
+    progress = progress and distributed.is_main()
     rd = storage.RunDir(cfg.out)
-    prepare_run_dir(rd, cfg, resume, overwrite)
+    distributed.run_on_main(prepare_run_dir, rd, cfg, resume, overwrite)
     checkpoint = load_checkpoint(rd.last) if resume and rd.last.exists() else None
     started = time.perf_counter()
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
     backbone = create_backbone(
         cfg.model, cfg.pretrained, cfg.weights, cfg.image_size, cfg.patch_size
     )
     spec = input_spec(backbone, cfg.image_size)
-    model = MultiHeadNet(backbone).to(device)
+    model = distributed.prepare_model(MultiHeadNet(backbone), device).to(device)
     data = [load_task(name, spec, cfg, EVAL, t) for t, name in enumerate(cfg.tasks)]
     pretrain_info = None
     if cfg.pretrain:
@@ -187,7 +191,8 @@ def run(
     pos = Position()
     if checkpoint is None:
         theta0 = named_state(model)
-        storage.write_json(rd.config, config_record(cfg, device, model, pretrain_info))
+        if distributed.is_main():
+            storage.write_json(rd.config, config_record(cfg, device, model, pretrain_info))
     else:
         theta0 = storage.load_torch(rd.theta0)
         pos = Position(**checkpoint["position"])
@@ -203,10 +208,13 @@ def run(
                 model.add_head(data[t].task.num_classes)
                 head = {k: v for k, v in named_state(model).items() if k.startswith(f"heads.{t}.")}
                 theta0.update(head)  # a head's reference point is its initialisation
-                storage.save_torch(rd.theta0, theta0)
+                if distributed.is_main():
+                    storage.save_torch(rd.theta0, theta0)
+            distributed.broadcast_parameters(model)  # replicas start each task identical
             total = task_steps(cfg, len(data[t].train), t)
             opt, sched = make_optimizer(cfg, model, t, total)
-            if checkpoint is not None and checkpoint["position"]["task"] == t:
+            # (a checkpoint from the end of the previous task holds that task's optimizer)
+            if checkpoint is not None and checkpoint["position"]["task"] == t and pos.task_step:
                 opt.load_state_dict(checkpoint["optimizer"])
                 sched.load_state_dict(checkpoint["scheduler"])
             if pos.task_step == 0:
@@ -228,8 +236,10 @@ def run(
             save_checkpoint(ctx, opt, sched, pos)
             checkpoint = None
 
-    write_summary(ctx, pos, time.perf_counter() - started, pretrain_info)
-    write_run_report(rd.root)
+    if distributed.is_main():
+        write_summary(ctx, pos, time.perf_counter() - started, pretrain_info)
+        write_run_report(rd.root)
+    distributed.barrier()  # every process returns once the files are written
     return rd.root
 
 
@@ -248,6 +258,7 @@ def train_task(ctx: Context, t: int, opt, sched, pos: Position, total: int) -> N
     for epoch in range(first_epoch, cfg.epochs[t]):
         order = epoch_order(len(task.train), cfg.seed, TRAIN, t, epoch)
         batches = batch_index_lists(order, cfg.batch_size)[pos.batch :]
+        batches = [distributed.shard(b) for b in batches]  # this process's share of each
         pos.epoch = epoch
         for x, y in iterate(task.train, batches, cfg.num_workers, ctx.device.type == "cuda"):
             loss = train_step(ctx.model, opt, sched, criterion, x, y, t, cfg, ctx.device)
@@ -270,9 +281,11 @@ def train_task(ctx: Context, t: int, opt, sched, pos: Position, total: int) -> N
                     ctx.rec.flush()
             if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                 save_checkpoint(ctx, opt, sched, pos)
-            if ctx.stop.signum is not None:
+            signum = distributed.any_signal(ctx.stop.signum)  # all processes stop together
+            if signum is not None:
                 save_checkpoint(ctx, opt, sched, pos)
-                raise Interrupted(ctx.stop.signum, pos.step, cfg.out)
+                distributed.barrier()  # no process exits before the checkpoint is written
+                raise Interrupted(signum, pos.step, cfg.out)
             bar.update(pos.task_step, loss)
             if pos.task_step >= total:
                 break
@@ -289,20 +302,22 @@ def diverged(ctx: Context, pos: Position, t: int, loss: float) -> None:
         f"loss became {loss} at step {pos.step + 1} of task {ctx.cfg.tasks[t]}: lower --lr "
         f"(now {ctx.cfg.lr[t]:g}) or pass --on-nan skip"
     )
-    ctx.rec.flush()
-    write_summary(
-        ctx,
-        pos,
-        0.0,
-        None,
-        status={
-            "status": "diverged",
-            "message": message,
-            "task": ctx.cfg.tasks[t],
-            "step": pos.step + 1,
-        },
-    )
-    write_run_report(ctx.rd.root)
+    if distributed.is_main():
+        ctx.rec.flush()
+        write_summary(
+            ctx,
+            pos,
+            0.0,
+            None,
+            status={
+                "status": "diverged",
+                "message": message,
+                "task": ctx.cfg.tasks[t],
+                "step": pos.step + 1,
+            },
+        )
+        write_run_report(ctx.rd.root)
+    distributed.barrier()  # no process exits before the files are written
     raise TrainingDiverged(message)
 
 
@@ -441,6 +456,7 @@ def named_state(model: MultiHeadNet) -> dict[str, torch.Tensor]:
     }
 
 
+@distributed.main_only
 def save_shift_matrices(path: Path, theta0, theta) -> None:
     matrices = shift.attention_shift_matrices(theta0, theta)
     if matrices:
@@ -473,9 +489,10 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@distributed.main_only
 def save_checkpoint(ctx: Context, opt, sched, pos: Position, path: Path | None = None) -> None:
     """Everything needed to continue exactly: written atomically, the old file kept until the
-    new one is complete."""
+    new one is complete. Replicas are identical, so process 0's state resumes every process."""
     rec, model = ctx.rec, ctx.model
     rec.flush()
     storage.save_torch(
@@ -539,6 +556,7 @@ def config_record(cfg: RunConfig, device, model: MultiHeadNet, pretrain_info) ->
         },
         "git_commit": git_commit(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "processes": distributed.world_size(),
         "timm_model": type(model.backbone).__name__,
         "pretrain": pretrain_info,
     }
