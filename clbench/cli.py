@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .analyze_cli import analyze_app
 from .errors import USER_ERRORS, UserError
+from .toy_cli import register as register_toy
 
 app = typer.Typer(
     add_completion=False,
@@ -89,6 +90,12 @@ def run(
         None, "--freeze-bn-stats", help="keep BatchNorm running statistics fixed"
     ),
     augment: bool = typer.Option(None, "--augment", help="light training augmentation"),
+    fused_backward: bool = typer.Option(
+        None,
+        "--fused-backward",
+        help="update each parameter inside backward and free its gradient at once (less memory; "
+        "same results)",
+    ),
     on_nan: str = typer.Option(None, help="non-finite loss: stop (exit 3) or skip the batch"),
     num_workers: int = typer.Option(None, help="data-loader worker processes"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
@@ -97,7 +104,10 @@ def run(
 ) -> None:
     """Finetune a model on a task sequence and measure forgetting."""
     from .config import resolve, saved_config
+    from .distributed import is_main
     from .runner import run as run_sequence
+
+    console.quiet = not is_main()  # under torchrun, process 0 speaks for all
 
     options = {
         "preset": preset,
@@ -129,6 +139,7 @@ def run(
         "max_steps": max_steps,
         "checkpoint_every": checkpoint_every,
         "freeze_bn_stats": freeze_bn_stats,
+        "fused_backward": fused_backward,
         "augment": augment,
         "on_nan": on_nan,
         "num_workers": num_workers,
@@ -308,6 +319,7 @@ def fetch(
 
 
 app.add_typer(analyze_app, name="analyze")
+register_toy(app)
 
 
 def main() -> None:

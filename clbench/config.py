@@ -59,6 +59,7 @@ class RunConfig:
     checkpoint_every: int | None = None
     augment: bool = False
     freeze_bn_stats: bool = False
+    fused_backward: bool = False
     on_nan: str = "stop"
     num_workers: int = 0
     save_shift_matrices: bool = True
@@ -204,7 +205,11 @@ def _check_optimizer(cfg: RunConfig) -> None:
 
     dummy = [torch.nn.Parameter(torch.zeros(8))]
     try:
-        optimizers.create(cfg.optimizer, dummy, lr=cfg.lr[0], **optimizer_hparams(cfg))
+        opt = optimizers.create(cfg.optimizer, dummy, lr=cfg.lr[0], **optimizer_hparams(cfg))
+        if cfg.fused_backward:
+            optimizers.FusedBackward(opt).remove()
+    except optimizers.FusedBackwardError as exc:
+        raise UserError(f"--fused-backward: {exc}") from None
     except (ValueError, TypeError) as exc:
         if isinstance(exc, UserError | optimizers.OptimizerError):
             raise  # already one line that names the fix
@@ -267,6 +272,11 @@ def check_processes(cfg: RunConfig) -> None:
     """Under torchrun `--batch-size` is the global batch, shared out evenly over the processes.
     (Also checked when a run is resumed, possibly with another number of processes.)"""
     n = distributed.world_size()
+    if cfg.fused_backward and n > 1:
+        raise UserError(
+            "--fused-backward updates each parameter inside backward, before gradients could be "
+            "summed over processes: run it in one process, or drop --fused-backward"
+        )
     if cfg.batch_size % n:
         raise UserError(
             f"--batch-size {cfg.batch_size} (the global batch) does not split evenly over {n} "

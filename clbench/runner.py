@@ -254,6 +254,20 @@ def train_task(ctx: Context, t: int, opt, sched, pos: Position, total: int) -> N
         pos.task_step,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    fused = optimizers.FusedBackward(opt) if cfg.fused_backward else None
+    try:
+        _train_epochs(ctx, t, opt, sched, pos, total, criterion, fused, bar)
+    finally:
+        if fused is not None:
+            fused.remove()
+    bar.close()
+
+
+def _train_epochs(
+    ctx: Context, t: int, opt, sched, pos: Position, total: int, criterion, fused, bar: Bar
+) -> None:
+    """The loop of `train_task`; `fused`: the optimizer's FusedBackward, or None."""
+    cfg, task = ctx.cfg, ctx.data[t]
     first_epoch = cfg.epochs[t] if pos.task_step >= total else pos.epoch  # resumed at its end
     for epoch in range(first_epoch, cfg.epochs[t]):
         order = epoch_order(len(task.train), cfg.seed, TRAIN, t, epoch)
@@ -261,7 +275,7 @@ def train_task(ctx: Context, t: int, opt, sched, pos: Position, total: int) -> N
         batches = [distributed.shard(b) for b in batches]  # this process's share of each
         pos.epoch = epoch
         for x, y in iterate(task.train, batches, cfg.num_workers, ctx.device.type == "cuda"):
-            loss = train_step(ctx.model, opt, sched, criterion, x, y, t, cfg, ctx.device)
+            loss = train_step(ctx.model, opt, sched, criterion, x, y, t, cfg, ctx.device, fused)
             pos.batch += 1
             if not math.isfinite(loss):
                 pos.nan_skips += 1
@@ -293,7 +307,6 @@ def train_task(ctx: Context, t: int, opt, sched, pos: Position, total: int) -> N
         if pos.task_step >= total:
             break
         save_checkpoint(ctx, opt, sched, pos)
-    bar.close()
 
 
 def diverged(ctx: Context, pos: Position, t: int, loss: float) -> None:

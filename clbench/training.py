@@ -28,9 +28,11 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def train_step(model, opt, sched, criterion, x, y, t: int, cfg, device) -> float:
+def train_step(model, opt, sched, criterion, x, y, t: int, cfg, device, fused=None) -> float:
     """One optimizer step on (x, y) with head `t`; returns the loss (over the global batch under
-    torchrun, where (x, y) is this process's share). A non-finite loss makes no update."""
+    torchrun, where (x, y) is this process's share). A non-finite loss makes no update. With
+    `fused` (an `optimizers.FusedBackward` of `opt`; one process only) the step happens inside
+    backward."""
     set_train_mode(model, cfg.freeze_bn_stats)
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     with autocast(device):
@@ -38,10 +40,13 @@ def train_step(model, opt, sched, criterion, x, y, t: int, cfg, device) -> float
     share, value = distributed.batch_share(loss, len(y))
     if not math.isfinite(value):  # no update from a non-finite loss; the caller decides
         return value
-    opt.zero_grad(set_to_none=True)
-    (loss * share).backward()  # share: 1 in a single process
-    distributed.sum_gradients(model)
-    opt.step()
+    if fused is not None:  # the update of each parameter happens inside backward
+        fused.backward(loss)
+    else:
+        opt.zero_grad(set_to_none=True)
+        (loss * share).backward()  # share: 1 in a single process
+        distributed.sum_gradients(model)
+        opt.step()
     sched.step()
     return value
 

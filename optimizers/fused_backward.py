@@ -59,6 +59,9 @@ class FusedBackward:
             loss.backward(**kwargs)
         finally:
             self._active = False
+        # Every gradient is spent and freed, so this step updates nothing; it runs the step's
+        # bookkeeping (step hooks, the count LR schedulers check) as after a usual backward.
+        self.optimizer.step()
 
     def _hook(self, param: torch.Tensor) -> None:
         if self._active:

@@ -63,6 +63,15 @@ TINY = [
             ["run", "--preset", "demo", "--opt", "nanoadam", "--opt-arg", "state_dtype=float33"],
             "not a torch dtype",
         ),
+        (
+            ["run", "--preset", "demo", "--opt", "microadam", "--fused-backward"],
+            "--fused-backward: MicroAdam cannot update parameters one at a time",
+        ),
+        (
+            ["run", "--preset", "demo", "--opt", "nanoadam", "--fused-backward"]
+            + ["--opt-arg", "criterion=large_grads"],
+            "'large_grads' criterion reads whole gradients",
+        ),
         (["list", "things"], "models, tasks, optimizers, presets"),
         (["report", "no/such/run"], "not a finished run directory"),
         (["fetch"], "nothing to fetch"),

@@ -139,6 +139,25 @@ def test_same_seed_same_results(tiny_run, tmp_path):
         assert (again / name).read_text() == (root / name).read_text()
 
 
+@pytest.mark.parametrize("opt", ["adamw", "nanoadam"])
+def test_fused_backward_run_gives_the_same_results(opt, tmp_path):
+    """`--fused-backward` moves the update into backward: same accuracies, same weights."""
+    tiny = {**TINY, "optimizer": opt, "opt_args": {"density": 0.05, "mask_interval": 3}}
+    if opt == "adamw":
+        tiny.pop("opt_args")
+    plain = run(resolve({**tiny, "out": str(tmp_path / "plain")}), progress=False)
+    fused = run(
+        resolve({**tiny, "fused_backward": True, "out": str(tmp_path / "fused")}),
+        progress=False,
+    )
+    assert (fused / "acc_matrix.csv").read_text() == (plain / "acc_matrix.csv").read_text()
+    a = storage.load_torch(plain / "checkpoints" / "last.pt")["model"]
+    b = storage.load_torch(fused / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_existing_run_is_not_overwritten(tiny_run):
     cfg, root, _ = tiny_run
     from clbench.errors import UserError
