@@ -12,7 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .analyze_cli import analyze_app
+from .bench_cli import register as register_bench
 from .errors import USER_ERRORS, UserError
+from .memory_cli import register as register_memory
 from .toy_cli import register as register_toy
 
 app = typer.Typer(
@@ -319,6 +321,8 @@ def fetch(
 
 
 app.add_typer(analyze_app, name="analyze")
+register_memory(app)
+register_bench(app)
 register_toy(app)
 
 
