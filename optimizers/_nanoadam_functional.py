@@ -15,10 +15,6 @@ Moments are stored in any floating dtype (bfloat16 by default); the arithmetic i
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -272,102 +268,26 @@ def sparse_adamw_shared(
     """`sparse_adamw_flat` for a group whose parameters are views of one flat `buffer`
     (tensor i starts at `tensor_bases[i]`): same arithmetic, same results, but the parameter
     update is one scatter_add_ (with weight decay: one index_select and one index_copy_) over
-    the whole buffer. The gradients stay separate tensors: one index_select per tensor.
-
-    On the CPU these gathers and the scatter are too small for torch to split over its threads,
-    so they are shared out by hand: each of `torch.get_num_threads()` workers takes a
-    contiguous run of tensors (or of entries), writing disjoint outputs, so the results do not
-    depend on the number of threads."""
+    the whole buffer. The gradients stay separate tensors: one index_select per tensor."""
     if layout.selected == 0:
         return
     # int64 global indices: index_copy_ (weight decay) takes no other, and with unique indices
     # scatter_add_ (int64 only) measured faster than index_add_ with int32 indices on CPU.
     local, index = layout.local_and_global_indices(offsets, tensor_bases, torch.int64)
     g_sel = torch.empty(layout.selected, dtype=grads[0].dtype, device=offsets.device)
-    sizes = layout.sizes
-    g_parts, ix_parts = g_sel.split(sizes), local.split(sizes)
-
-    def gather(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            g, p = grads[i], params[i]
-            flat = g.view(-1) if g.is_contiguous() else flat_like(g, p)
-            torch.index_select(flat, 0, ix_parts[i], out=g_parts[i])
-
-    workers = _workers(offsets.device)
-    _in_parallel(gather, _balanced(sizes, workers))
+    for p, g, ix, out in zip(
+        params, grads, local.split(layout.sizes), g_sel.split(layout.sizes), strict=True
+    ):
+        torch.index_select(g.view(-1) if g.is_contiguous() else flat_like(g, p), 0, ix, out=out)
     m, v, delta = _moments_fp32(g_sel.float(), exp_avg, exp_avg_sq, h)
-    runs = _even(layout.selected, workers)
     if h.weight_decay:
         p_sel = buffer.index_select(0, index).float().mul_(1.0 - h.lr * h.weight_decay)
-        new = p_sel.add_(delta).to(buffer.dtype)
-
-        def write(lo: int, hi: int) -> None:
-            buffer.index_copy_(0, index[lo:hi], new[lo:hi])
-
+        buffer.index_copy_(0, index, p_sel.add_(delta).to(buffer.dtype))
     else:
         # Indices are unique: the same single rounding as index_add_ and the reference path.
-        delta = delta.to(buffer.dtype)
-
-        def write(lo: int, hi: int) -> None:
-            buffer.scatter_add_(0, index[lo:hi], delta[lo:hi])
-
-    _in_parallel(write, runs)
+        buffer.scatter_add_(0, index, delta.to(buffer.dtype))
     _store(exp_avg, m)
     _store(exp_avg_sq, v)
-
-
-# -- sharing small index operations over the CPU threads ------------------------------------------
-_MIN_PER_WORKER = 16384  # selected entries below which one more worker does not pay off
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0  # a forked child inherits the pool object but none of its threads
-_pool_lock = threading.Lock()
-
-
-def _workers(device: torch.device) -> int:
-    return torch.get_num_threads() if device.type == "cpu" else 1
-
-
-def _even(total: int, workers: int) -> list[tuple[int, int]]:
-    """Up to `workers` contiguous runs of [0, total), each at least `_MIN_PER_WORKER` long."""
-    n = max(1, min(workers, total // _MIN_PER_WORKER))
-    cuts = [total * i // n for i in range(n + 1)]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
-
-
-def _balanced(sizes: list[int], workers: int) -> list[tuple[int, int]]:
-    """Up to `workers` contiguous runs of tensor indices with about equal entries in each."""
-    total = sum(sizes)
-    n = max(1, min(workers, total // _MIN_PER_WORKER, len(sizes)))
-    runs, lo, acc, target = [], 0, 0, total / n
-    for i, size in enumerate(sizes):
-        acc += size
-        if acc >= target * (len(runs) + 1) and len(runs) < n - 1:
-            runs.append((lo, i + 1))
-            lo = i + 1
-    runs.append((lo, len(sizes)))
-    return [r for r in runs if r[0] < r[1]]
-
-
-def _in_parallel(job: Callable[[int, int], None], runs: list[tuple[int, int]]) -> None:
-    """`job(lo, hi)` for every run, the first on this thread and the rest on worker threads."""
-    global _pool, _pool_pid
-    if len(runs) == 1:
-        job(*runs[0])
-        return
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < len(runs) - 1:
-            _pool = ThreadPoolExecutor(len(runs) - 1, thread_name_prefix="nanoadam")
-            _pool_pid = os.getpid()
-        pool = _pool
-
-    def run(lo: int, hi: int) -> None:
-        with torch.no_grad():
-            job(lo, hi)
-
-    futures = [pool.submit(run, lo, hi) for lo, hi in runs[1:]]
-    job(*runs[0])
-    for f in futures:
-        f.result()
 
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
