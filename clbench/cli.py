@@ -15,6 +15,7 @@ from .analyze_cli import analyze_app
 from .bench_cli import register as register_bench
 from .errors import USER_ERRORS, UserError
 from .memory_cli import register as register_memory
+from .reproduce_cli import register as register_reproduce
 from .toy_cli import register as register_toy
 
 app = typer.Typer(
@@ -324,6 +325,7 @@ app.add_typer(analyze_app, name="analyze")
 register_memory(app)
 register_bench(app)
 register_toy(app)
+register_reproduce(app)
 
 
 def main() -> None:

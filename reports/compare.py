@@ -42,28 +42,52 @@ PAPER_HEADERS = {
 
 def group_runs(runs: list[RunData]) -> list[Group]:
     """Group runs by configuration without the seed; label by optimizer, plus the settings that
-    tell groups of the same optimizer apart."""
+    tell groups of the same optimizer apart (an optimizer hyperparameter by its own name)."""
     groups: dict[tuple, Group] = {}
     for run in runs:
         cfg = run.config.get("config", {})
         key = tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in _NOT_THE_EXPERIMENT))
         groups.setdefault(key, Group(label="", runs=[], key=key)).runs.append(run)
     result = list(groups.values())
+    settings = {id(g): experiment_settings(g.runs[0].config.get("config", {})) for g in result}
     for g in result:
-        same_opt = [o for o in result if o.optimizer == g.optimizer]
-        g.label = g.optimizer
-        if len(same_opt) > 1:
-            mine = dict(g.key)
-            differing = sorted(
-                k for k in mine if any(dict(o.key).get(k) != mine[k] for o in same_opt)
-            )
-            g.label += " " + " ".join(f"{k}={_short(mine[k])}" for k in differing)
+        mine = settings[id(g)]
+        others = [settings[id(o)] for o in result if o.optimizer == g.optimizer and o is not g]
+        differing = [k for k in mine if any(o.get(k, _MISSING) != mine[k] for o in others)]
+        g.label = " ".join([g.optimizer] + [f"{k}={_show(k, mine[k])}" for k in differing])
     figures.assign_styles(result)
     return result
 
 
-def _short(text: str) -> str:
-    return text.replace(" ", "").strip("'")[:40]
+_MISSING = object()
+
+
+def experiment_settings(cfg: dict) -> dict:
+    """The settings that make a run's experiment, flat: the optimizer's hyperparameters under
+    their own names (``density``, ``criterion``), next to ``lr``, ``epochs``, ... ."""
+    flat = {k: v for k, v in cfg.items() if k not in _NOT_THE_EXPERIMENT and k != "opt_hparams"}
+    for k, v in (cfg.get("opt_hparams") or {}).items():
+        flat[k if k not in flat else f"opt.{k}"] = v
+    return flat
+
+
+def format_lr(value: float) -> str:
+    """A learning rate as the paper writes it: 1e-3, 2.5e-4."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _show(key: str, value) -> str:
+    """A setting as a short label: per-task lists as the paper writes them (1e-3/2e-3), one
+    value when every task has the same, NanoAdam's mask_interval=None as "static"."""
+    if key.endswith("mask_interval") and value is None:
+        return "static"
+    if isinstance(value, list | tuple):
+        items = [_show(key, v) for v in value]
+        return items[0] if len(set(items)) == 1 else "/".join(items)
+    if isinstance(value, float):
+        return format_lr(value) if key == "lr" else f"{value:g}"
+    return str(value).replace(" ", "")[:40]
 
 
 def _stat(values: list[float | None]) -> tuple[float, float, int]:
@@ -118,6 +142,51 @@ def comparison_table(groups: list[Group]) -> pd.DataFrame:
         row["paper_l2_excl_heads"] = TABLE5_L2.get(setting, math.nan) if setting else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: what `best_per_optimizer` can select by: column of the comparison table -> larger is better
+SELECT_METRICS = {
+    "average_accuracy": True,
+    "avg": True,
+    "t1": True,
+    "t2": True,
+    "t1_after_t2": True,
+    "mean_forgetting": False,
+    "forgetting": False,
+}
+
+
+def best_per_optimizer(table: pd.DataFrame, metric: str = "average_accuracy") -> dict[str, str]:
+    """optimizer -> label of its best group by `metric` (mean over finished seeds, compared at
+    the 0.01 the tables show); ties go to less mean forgetting, then to the earlier group. Groups
+    without a finished run or without the metric take no part."""
+    if metric not in SELECT_METRICS:
+        raise ReportError(f"cannot select by {metric!r}: choose one of {', '.join(SELECT_METRICS)}")
+    sign = 1 if SELECT_METRICS[metric] else -1
+    best: dict[str, tuple[tuple[float, float], str]] = {}
+    for _, r in table.iterrows():
+        if r["seeds"] == 0 or math.isnan(r[metric]):
+            continue
+        forgetting = r["mean_forgetting"] if not math.isnan(r["mean_forgetting"]) else math.inf
+        rank = (-sign * round(r[metric], 2), round(forgetting, 2))
+        if r["optimizer"] not in best or rank < best[r["optimizer"]][0]:
+            best[r["optimizer"]] = (rank, r["group"])
+    return {opt: label for opt, (_, label) in best.items()}
+
+
+def best_markdown(table: pd.DataFrame, best: dict[str, str], metric: str) -> str:
+    direction = "higher" if SELECT_METRICS[metric] else "lower"
+    rows = []
+    for opt, label in best.items():
+        r = table[table["group"] == label].iloc[0]
+        rows.append([opt, label, str(r["seeds"]), _cell(r, metric), _cell(r, "mean_forgetting")])
+    intro = (
+        f"Per optimizer, the group with the best `{metric}` ({direction} is better; mean over "
+        "seeds, compared at two decimals); ties go to less mean forgetting. Column `best` of "
+        "`comparison.csv` marks them."
+    )
+    header = ["optimizer", "best setting", "seeds", metric, "mean forgetting"]
+    return intro + "\n\n" + _markdown_table(header, rows)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -193,8 +262,49 @@ def table5_markdown(table: pd.DataFrame) -> str | None:
     return _markdown_table(["", "L2 from pretrained (heads excluded)", "paper Table 5"], rows)
 
 
-def compare(run_dirs: list[str | Path], out: str | Path, block: int | None = None) -> dict:
-    """Write compare.md, its figures and CSV tables into `out`; returns what was written."""
+#: the terminal table: (header, column of the comparison table)
+CONSOLE_COLUMNS = [
+    ("T1", "t1"),
+    ("T2", "t2"),
+    ("T1 aft.", "t1_after_t2"),
+    ("avg", "average_accuracy"),
+    ("forget", "mean_forgetting"),
+    ("L2", "l2_excl_heads"),
+    ("kept %", "never_updated_pct"),
+]
+
+
+def console_table(table: pd.DataFrame, title: str = "comparison (mean over seeds)"):
+    """The comparison as a Rich table for the terminal: means to one decimal (compare.md has
+    two, and the std), numbers never cut, long group names wrapped; a best group (column `best`)
+    is starred."""
+    from rich import box
+    from rich.table import Table
+
+    rich = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
+    words = [w for label in table["group"] for w in str(label).split()]
+    rich.add_column("group", overflow="fold", min_width=min(24, max(map(len, words), default=5)))
+    rich.add_column("seeds", justify="right", no_wrap=True)
+    for header, _ in CONSOLE_COLUMNS:
+        rich.add_column(header, justify="right", no_wrap=True)
+    for _, row in table.iterrows():
+        star = " ★" if bool(row.get("best", False)) else ""
+        cells = [str(row["group"]) + star, str(row["seeds"])]
+        cells += ["—" if row[col] != row[col] else f"{row[col]:.1f}" for _, col in CONSOLE_COLUMNS]
+        rich.add_row(*cells)
+    return rich
+
+
+def compare(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    block: int | None = None,
+    select: str | None = None,
+) -> dict:
+    """Write compare.md, its figures and CSV tables into `out`; returns what was written. With
+    `select` (a key of `SELECT_METRICS`), also the best group per optimizer (`best`)."""
     runs = [load_run(d) for d in run_dirs]
     tasks = {tuple(r.tasks) for r in runs}
     if len(tasks) > 1:
@@ -206,6 +316,9 @@ def compare(run_dirs: list[str | Path], out: str | Path, block: int | None = Non
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     table = comparison_table(groups)
+    best = best_per_optimizer(table, select) if select else {}
+    if select:
+        table["best"] = table["group"].isin(set(best.values()))
     figures.save_table(table, out / "comparison.csv")
 
     depth = figures.depth_of(figures.final_shift_matrices(runs[0]))
@@ -216,12 +329,25 @@ def compare(run_dirs: list[str | Path], out: str | Path, block: int | None = Non
         if (done := [r for r in g.runs if r.summary.get("status", "complete") == "complete"])
     ]
     written = figures.write_all(finished, out, block) if finished else {}
-    text = render(groups, table, written, block)
+    text = render(groups, table, written, block, best, select)
     figures.save_text(text, out / "compare.md")
-    return {"table": table, "figures": written, "report": out / "compare.md", "groups": groups}
+    return {
+        "table": table,
+        "figures": written,
+        "report": out / "compare.md",
+        "groups": groups,
+        "best": best,
+    }
 
 
-def render(groups: list[Group], table: pd.DataFrame, written: dict, block: int | None) -> str:
+def render(
+    groups: list[Group],
+    table: pd.DataFrame,
+    written: dict,
+    block: int | None,
+    best: dict[str, str] | None = None,
+    select: str | None = None,
+) -> str:
     first = groups[0].runs[0].summary
     out = [
         f"# clbench comparison: {first['model']} on "
@@ -247,6 +373,8 @@ def render(groups: list[Group], table: pd.DataFrame, written: dict, block: int |
             f"Runs that did not finish (left out of every figure below): {', '.join(failed)}.",
         ]
     out.append("")
+    if best and select:
+        out += ["## Best setting per optimizer", "", best_markdown(table, best, select), ""]
     t4 = table4_markdown(table)
     if t4:
         out += [
