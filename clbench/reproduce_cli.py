@@ -189,11 +189,18 @@ def _run_plan(plan, dry_run: bool, quiet: bool, block: int | None) -> None:
     """Print the plan; unless a dry run, execute it and print the comparison."""
     from reports.compare import console_table
 
+    from . import distributed
     from .reproduce import compare_plan, execute
 
     _print_plan(plan)
     if dry_run:
         return
+    if distributed.world_size() > 1:
+        raise UserError(
+            "reproduce and sweep run their plan in one process: under torchrun, start each "
+            "planned run with `torchrun ... -m clbench run` (docs/gpu.md), then rerun this "
+            "command without torchrun to compare"
+        )
     n = len(plan.runs)
 
     def announce(i: int, r, action: str) -> None:

@@ -242,3 +242,15 @@ def test_bad_values_are_one_line_exit_2(monkeypatch, capsys, args, expected):
     code, _, err = invoke(monkeypatch, capsys, *args, "--dry-run")
     assert code == 2 and expected in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_reproduce_under_torchrun_is_one_line_naming_the_recipe(monkeypatch, capsys, tmp_path):
+    from clbench import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    code, _, err = invoke(
+        monkeypatch, capsys, "reproduce", "demo", "--out", str(tmp_path / "r"), "--max-steps", "2"
+    )
+    assert code == 2
+    assert "-m clbench run" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("summary.json"))
