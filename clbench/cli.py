@@ -257,34 +257,11 @@ def compare(
 ) -> None:
     """Put runs side by side: Table 4/5, curves, QKV heatmaps, layer-wise shift."""
     from reports import compare as compare_runs
+    from reports.compare import console_table
 
     result = compare_runs(run_dirs, out, block)
     table = result["table"]
-    rich = Table(title="comparison (mean ± std over seeds)")
-    columns = [
-        ("group", None),
-        ("seeds", None),
-        ("T1", "t1"),
-        ("T2", "t2"),
-        ("T1 aft.", "t1_after_t2"),
-        ("avg", "average_accuracy"),
-        ("forget", "mean_forgetting"),
-        ("L2", "l2_excl_heads"),
-        ("kept %", "never_updated_pct"),
-    ]
-    rich.add_column("group", no_wrap=True, min_width=10)
-    for title, _ in columns[1:]:
-        rich.add_column(title, justify="right")
-    for _, row in table.iterrows():
-        cells = [str(row["group"]), str(row["seeds"])]
-        for _, col in columns[2:]:
-            mean, std = row[col], row[f"{col}_std"]
-            cells.append(
-                "—"
-                if mean != mean
-                else f"{mean:.2f}" + (f" ± {std:.2f}" if row["seeds"] > 1 else "")
-            )
-        rich.add_row(*cells)
+    rich = console_table(table, "comparison (mean ± std over seeds)", std=True)
     console.print(rich)
     if table["paper_setting"].astype(bool).any():
         console.print("the paper's numbers and our differences are in the report")

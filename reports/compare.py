@@ -274,10 +274,12 @@ CONSOLE_COLUMNS = [
 ]
 
 
-def console_table(table: pd.DataFrame, title: str = "comparison (mean over seeds)"):
+def console_table(
+    table: pd.DataFrame, title: str = "comparison (mean over seeds)", std: bool = False
+):
     """The comparison as a Rich table for the terminal: means to one decimal (compare.md has
-    two, and the std), numbers never cut, long group names wrapped; a best group (column `best`)
-    is starred."""
+    two), with `std` also ± the standard deviation over seeds, numbers never cut, long group
+    names wrapped; a best group (column `best`) is starred."""
     from rich import box
     from rich.table import Table
 
@@ -292,7 +294,12 @@ def console_table(table: pd.DataFrame, title: str = "comparison (mean over seeds
     for _, row in table.iterrows():
         star = " ★" if bool(row.get("best", False)) else ""
         cells = [str(row["group"]) + star, str(row["seeds"])]
-        cells += ["—" if row[col] != row[col] else f"{row[col]:.1f}" for _, col in CONSOLE_COLUMNS]
+        for _, col in CONSOLE_COLUMNS:
+            mean, spread = row[col], row.get(f"{col}_std", float("nan"))
+            cell = "—" if mean != mean else f"{mean:.1f}"
+            if std and mean == mean and row["seeds"] > 1 and spread == spread:
+                cell += f" ± {spread:.1f}"
+            cells.append(cell)
         rich.add_row(*cells)
     return rich
 
