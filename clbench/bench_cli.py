@@ -70,8 +70,9 @@ def bench(
     ),
     quick: bool = typer.Option(False, "--quick", help="tiny models, few repeats: a smoke test"),
 ) -> None:
-    """Time and size the optimizers: step, state, peak memory, training step, runner overhead
-    and scaling, each as a ratio measured in one run."""
+    """Time and size the optimizers side by side, each figure a ratio measured in one run.
+
+    Optimizer step, state bytes, peak memory, training step, runner overhead and scaling."""
     import optimizers
 
     cfg = quick_config(DEFAULTS) if quick else DEFAULTS

@@ -28,8 +28,9 @@ def memory(
     density: float = typer.Option(0.01, help="density k of the sparse optimizers, in (0, 1]"),
     window: int = typer.Option(10, help="MicroAdam's window m (gradients kept)"),
 ) -> None:
-    """Optimizer-state memory: the NanoAdam paper's formulas (appendix E), in GB; with --model,
-    also each optimizer's measured state_bytes() beside its formula."""
+    """Optimizer-state memory in GB: the NanoAdam paper's formulas (appendix E).
+
+    With --model, also each optimizer's measured state_bytes() beside its formula."""
     from optimizers.memory import PAPER_FORMULAS, format_size
 
     if (params is None) == (model is None):

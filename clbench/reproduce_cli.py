@@ -71,9 +71,10 @@ def reproduce(
     block: int = _BLOCK,
     quiet: bool = _QUIET,
 ) -> None:
-    """Run one of the paper's experiments, one run per optimizer setting and seed, then compare
-    them. Finished runs are skipped and half-finished ones resumed, so the same command
-    continues an interrupted reproduction."""
+    """Run one of the paper's experiments (table4, demo, ablations), then compare the runs.
+
+    One run per optimizer setting and seed, then a comparison. Finished runs are skipped and
+    half-finished ones resumed, so the same command continues an interrupted reproduction."""
     from .reproduce import build_plan
 
     plan = build_plan(
@@ -127,7 +128,9 @@ def sweep(
     block: int = _BLOCK,
     quiet: bool = _QUIET,
 ) -> None:
-    """Grid search over learning rate, density, mask interval and seed: run every point (skip
+    """Grid search over learning rate, density, mask interval and seed.
+
+    Run every point (skip
     finished, resume half-finished) and compare them, marking the best setting per optimizer;
     or print the points as `clbench run` commands for a scheduler."""
     from reports.compare import SELECT_METRICS

@@ -54,9 +54,11 @@ def toy(
     out: Path = typer.Option(Path("runs/toy"), help="folder for toy.json, toy.md and toy.png"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """The paper's teacher-student toy (appendix C, Tables 7-8, Figure 7): pretrain a 20-neuron
-    ReLU student on a 2-neuron teacher, then finetune it on the teacher plus 1 or 2 extra neurons
-    updating, per layer, only the smallest-|weight| or only the largest-|gradient| entries.
+    """The paper's teacher-student toy (appendix C, Tables 7-8, Figure 7).
+
+    Pretrain a 20-neuron ReLU student on a 2-neuron teacher, then finetune it on the teacher plus
+    1 or 2 extra neurons updating, per layer, only the smallest-|weight| or only the
+    largest-|gradient| entries.
     Reports test loss and L2 distance from the pretrained student beside the paper's numbers."""
     from .runner import Bar
     from .toy import PAPER_TABLE, describe, fmt, run_toy, write_outputs
