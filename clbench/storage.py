@@ -9,37 +9,25 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-#: temporary files are created private (0600); the renamed result gets the usual mode
-_FILE_MODE = _umask_mode()
+from reports.figures import atomic_write
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """`write(binary file)`, flushed to disk, then renamed onto `path` (`atomic_write`)."""
+
+    def to_disk(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, to_disk)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

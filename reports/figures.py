@@ -73,8 +73,9 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
-def _atomic(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
+def atomic_write(path: Path, write) -> Path:
+    """`write(temporary path)` in the same folder, then rename onto `path`: never half a file.
+    The one atomic writer of the project (`clbench.storage` writes through it too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
@@ -90,17 +91,17 @@ def _atomic(path: Path, write) -> Path:
 def save(fig, path: Path) -> Path:
     """Save and close a figure."""
     try:
-        return _atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight"))
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
 
 def save_text(text: str, path: Path) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_table(table: pd.DataFrame, path: Path) -> Path:
-    return _atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def _mean_std(frames: list[pd.DataFrame], x: str, y: str) -> pd.DataFrame:
