@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -21,6 +22,16 @@ def _class_image(rng: np.random.Generator, k: int, size: int) -> np.ndarray:
     image = hue[None, None, :] * (0.5 + 0.5 * pattern[..., None])
     image = image + rng.normal(0, 0.05, image.shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    its tensors are small and time nothing, and on a busy machine a thread pool spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -18,13 +18,7 @@ from torch import nn
 import optimizers
 from optimizers import OptimizerError, external, param_groups
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _needs(name: str) -> None:

@@ -4,7 +4,6 @@ measured `state_bytes()`."""
 import math
 
 import pytest
-import torch
 from _cli import main_exit
 
 import optimizers
@@ -17,15 +16,7 @@ from optimizers.memory import (
     state_formula,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tests time nothing, and a busy machine makes a thread pool
-    spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_table_prints_the_appendix_numbers(monkeypatch, capsys):

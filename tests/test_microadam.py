@@ -24,13 +24,7 @@ from optimizers._microadam_functional import (
     quantization_step,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error_feedback(opt: MicroAdam, p: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,7 @@ import optimizers
 from optimizers import NanoAdam, param_groups
 from optimizers._selection import chunk_layout, chunk_offsets, local_index, select_offsets
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _assert_same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> None:

@@ -24,13 +24,7 @@ from clbench.toy import (
 TINY = {"pretrain_steps": 300, "finetune_steps": 60, "train_samples": 200, "test_samples": 500}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small run fastest on one thread (as `run_toy` runs them)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_net(batch: int, seed: int = 0):
