@@ -245,27 +245,45 @@ class NanoAdam(torch.optim.Optimizer):
 
     def _dense_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
         params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
-        state = self.state
         for p in group["params"]:
             g = p.grad
             if g is None:
                 continue
             if g.is_sparse:
                 raise RuntimeError("NanoAdam does not support sparse gradients")
-            s = state[p]
-            if not s:
-                s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            s = self._dense_state(p)
             params.append(p)
             grads.append(g)
             exp_avgs.append(s["exp_avg"])
             exp_avg_sqs.append(s["exp_avg_sq"])
         if not params:
             return
-        rt.step += 1
-        rt.bias_step = rt.step
+        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, self._begin_step(group, rt))
+
+    def _dense_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The fp32 moments of a parameter of a dense group, created at its first step."""
+        s = self.state[p]
+        if not s:
+            s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return s
+
+    def _begin_step(self, group: dict[str, Any], rt: _GroupRuntime) -> AdamHyper:
+        """Count a new step of `group` (a sparse group first refreshes its mask when due) and
+        return its hyperparameters."""
+        if group["sparse"]:
+            density = self._scheduled_density(group, rt)
+            interval = group["mask_interval"]
+            due = interval and rt.step % interval == 0
+            if rt.offsets is None or density != rt.density or due:
+                self._refresh(group, rt, density)
+            rt.step += 1
+            rt.bias_step += 1
+        else:
+            rt.step += 1
+            rt.bias_step = rt.step
         rt.last = self._hyper(group, rt.bias_step)
-        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, rt.last)
+        return rt.last
 
     def _sparse_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
         params = group["params"]
@@ -276,13 +294,7 @@ class NanoAdam(torch.optim.Optimizer):
         grad_dtypes = {g.dtype for g in live}
         if any(g.is_sparse for g in live):
             raise RuntimeError("NanoAdam does not support sparse gradients")
-        density = self._scheduled_density(group, rt)
-        interval = group["mask_interval"]
-        if rt.offsets is None or density != rt.density or (interval and rt.step % interval == 0):
-            self._refresh(group, rt, density)
-        rt.step += 1
-        rt.bias_step += 1
-        rt.last = h = self._hyper(group, rt.bias_step)
+        h = self._begin_step(group, rt)
         complete = len(live) == len(grads)
         if rt.shared is not None and not rt.shared.holds(params):
             rt.shared = None  # the parameters moved out of the buffer: per-tensor paths
@@ -372,23 +384,12 @@ class NanoAdam(torch.optim.Optimizer):
             raise RuntimeError("NanoAdam does not support sparse gradients")
         if not self._fused_started[g]:
             self._fused_started[g] = True
-            if group["sparse"]:
-                density = self._scheduled_density(group, rt)
-                interval = group["mask_interval"]
-                due = interval and rt.step % interval == 0
-                if rt.offsets is None or density != rt.density or due:
-                    self._refresh(group, rt, density)
-                rt.step += 1
-                rt.bias_step += 1
-            else:
-                rt.step += 1
-                rt.bias_step = rt.step
-            rt.last = self._hyper(group, rt.bias_step)
+            self._begin_step(group, rt)
         # `param.data`: an alias with its own version counter, so writing it does not mark the
         # other parameters of a shared buffer as modified for autograd.
         data = param.data
-        s = self.state[param]
         if group["sparse"]:
+            s = self.state[param]
             sparse_adamw_reference(
                 [data],
                 [grad],
@@ -399,9 +400,7 @@ class NanoAdam(torch.optim.Optimizer):
                 rt.last,
             )
         else:
-            if not s:
-                s["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                s["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            s = self._dense_state(param)
             dense_adamw([data], [grad], [s["exp_avg"]], [s["exp_avg_sq"]], rt.last)
 
     # -- masks -----------------------------------------------------------------------------------
