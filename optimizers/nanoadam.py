@@ -25,9 +25,12 @@ from ._nanoadam_functional import (
     sparse_adamw_reference,
     sparse_adamw_shared,
 )
+from . import _cpu_kernels
 from ._selection import (
     CRITERIA,
     chunk_layout,
+    flat_like,
+    flat_view,
     offset_dtype,
     select_offsets,
     selection_source,
@@ -35,7 +38,7 @@ from ._selection import (
 from .registry import OptimizerSpec, register
 
 ON_REFRESH = ("carry", "reset")
-BACKENDS = ("auto", "torch", "reference", "triton")
+BACKENDS = ("auto", "torch", "reference", "triton", "cpu")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class _GroupRuntime:
     bias_step: int = 0  # t of the bias corrections; restarts at a refresh with "reset"
     density: float | None = None  # density of the current mask
     flat: FlatLayout | None = None
+    tables: _cpu_kernels.Tables | None = None  # the layout as the CPU kernels read it
     offsets: torch.Tensor | None = None  # int16 offsets of all selected entries, tensor by tensor
     exp_avg: torch.Tensor | None = None
     exp_avg_sq: torch.Tensor | None = None
@@ -202,7 +206,10 @@ class NanoAdam(torch.optim.Optimizer):
             sparse=True,
         )
         self.seed = seed
-        self.backend = "auto"  # "torch" (flat), "reference" (per tensor), "triton", or "auto"
+        # "auto": the compiled kernels on the CPU (`_cpu_kernels`), Triton on CUDA, else the
+        # torch path; or one of them by name: "cpu", "triton", "torch" (flat buffers),
+        # "reference" (per tensor).
+        self.backend = "auto"
         self._runtime: list[_GroupRuntime] = []
         self._generator: torch.Generator | None = None
         super().__init__(params, defaults)
@@ -313,6 +320,16 @@ class NanoAdam(torch.optim.Optimizer):
                 [rt.flat.layouts[i] for i in index],
                 h,
             )
+        elif self._use_cpu_kernels(params, grads, rt):
+            _cpu_kernels.step(
+                [flat_view(p) for p in params],
+                [flat_like(g, p) for g, p in zip(grads, params, strict=True)],
+                rt.tables,
+                rt.offsets,
+                rt.exp_avg,
+                rt.exp_avg_sq,
+                h,
+            )
         elif self._use_triton(params, grads):
             from ._nanoadam_triton import sparse_adamw_triton
 
@@ -334,6 +351,28 @@ class NanoAdam(torch.optim.Optimizer):
             )
         else:
             sparse_adamw_flat(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
+
+    def _use_cpu_kernels(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], rt: _GroupRuntime
+    ) -> bool:
+        """Whether this step goes through the compiled CPU kernels: backend "cpu", or "auto"
+        with fp32 CPU tensors and kernels that built here."""
+        if self.backend not in ("auto", "cpu"):
+            return False
+        ok = (
+            _cpu_kernels.usable(params + grads)
+            and rt.exp_avg.dtype in (torch.float32, torch.bfloat16)
+            and rt.flat.chunk < 2**31
+        )
+        if self.backend == "cpu":
+            if not ok:
+                raise RuntimeError(
+                    "the CPU kernels need fp32 CPU parameters and gradients and fp32 or bf16 moments"
+                )
+            if not _cpu_kernels.available():
+                raise RuntimeError("the CPU kernels could not be built (see the warning)")
+            return True
+        return ok and _cpu_kernels.available()
 
     def _use_triton(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
         if self.backend == "torch":
@@ -390,6 +429,18 @@ class NanoAdam(torch.optim.Optimizer):
         data = param.data
         if group["sparse"]:
             s = self.state[param]
+            if self._use_cpu_kernels([data], [grad], rt):
+                flat_data = flat_view(data)
+                _cpu_kernels.step(
+                    [flat_data],
+                    [flat_like(grad, data)],
+                    _cpu_kernels.Tables([rt.flat.layouts[i]]),
+                    s["offsets"],
+                    s["exp_avg"],
+                    s["exp_avg_sq"],
+                    rt.last,
+                )
+                return
             sparse_adamw_reference(
                 [data],
                 [grad],
@@ -426,7 +477,11 @@ class NanoAdam(torch.optim.Optimizer):
         for p in params:
             source, score, largest = selection_source(group["criterion"], p, p.grad, generator)
             sources.append(source)
-        offsets = select_offsets(sources, layouts, score, largest, dtype)
+        tables = _cpu_kernels.Tables(layouts)
+        if self._select_on_cpu_kernels(sources, score, layouts):
+            offsets = _cpu_kernels.select(sources, tables, largest, dtype)
+        else:
+            offsets = select_offsets(sources, layouts, score, largest, dtype)
         flat = FlatLayout.build(layouts, device)
         if rt.tensor_bases is None:
             self._init_tracking(rt, params)
@@ -440,9 +495,22 @@ class NanoAdam(torch.optim.Optimizer):
             exp_avg_sq = torch.zeros(offsets.shape, dtype=state_dtype, device=device)
             rt.bias_step = 0
         _mark_updated(rt, new_index, flat)
-        rt.flat, rt.density = flat, density
+        rt.flat, rt.tables, rt.density = flat, tables, density
         rt.offsets, rt.exp_avg, rt.exp_avg_sq = offsets, exp_avg, exp_avg_sq
         self._expose_state(group, rt)
+
+    def _select_on_cpu_kernels(
+        self, sources: list[torch.Tensor], score: Any, layouts: list[Any]
+    ) -> bool:
+        """Whether the selection goes through the compiled CPU kernel (|x| scores of fp32 CPU
+        tensors; backends "auto" and "cpu")."""
+        return (
+            self.backend in ("auto", "cpu")
+            and score is torch.abs
+            and _cpu_kernels.usable(sources)
+            and max((lay.chunk for lay in layouts), default=0) < 2**31
+            and _cpu_kernels.available()
+        )
 
     @staticmethod
     def _init_tracking(rt: _GroupRuntime, params: list[torch.Tensor]) -> None:
@@ -611,6 +679,7 @@ class NanoAdam(torch.optim.Optimizer):
             device = params[0].device
             layouts = [chunk_layout(p.numel(), group["chunk_size"], rt.density) for p in params]
             rt.flat = FlatLayout.build(layouts, device)
+            rt.tables = _cpu_kernels.Tables(layouts)
             rt.offsets = torch.cat([self.state[p]["offsets"] for p in params])
             rt.exp_avg = torch.cat([self.state[p]["exp_avg"] for p in params])
             rt.exp_avg_sq = torch.cat([self.state[p]["exp_avg_sq"] for p in params])

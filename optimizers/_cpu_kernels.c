@@ -1,0 +1,260 @@
+/* NanoAdam's CPU kernels: the sparse AdamW step and the per-chunk selection, each one
+ * OpenMP-parallel pass over the chunks of every tensor of a parameter group.
+ *
+ * Built on first use by optimizers/_cpu_kernels.py and called through ctypes with raw
+ * pointers; the torch path in _nanoadam_functional.py / _selection.py is the reference these
+ * kernels are tested against. Layout conventions (see _selection.py): tensor t of `numel[t]`
+ * entries is cut into chunks of `chunk[t]` entries; every full chunk keeps `k[t]` entries, the
+ * shorter last chunk (if any) keeps `k_rest[t]`; a group's selected entries are laid out tensor
+ * after tensor, chunk after chunk, as offsets inside their chunk sorted increasingly.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+/* One chunk of one tensor: the unit of parallel work. */
+typedef struct {
+    int64_t tensor;
+    int64_t base;  /* index of the chunk's first entry inside its tensor */
+    int64_t len;   /* entries in the chunk */
+    int64_t first; /* position of its first selected entry in the group's flat arrays */
+    int64_t count; /* entries it keeps */
+} Chunk;
+
+/* The chunks of all tensors, in order; NULL when out of memory. */
+static Chunk *list_chunks(int64_t n_tensors, const int64_t *numel, const int64_t *chunk,
+                          const int64_t *k, const int64_t *k_rest, int64_t *n_out) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < n_tensors; t++)
+        if (numel[t] > 0) n += (numel[t] + chunk[t] - 1) / chunk[t];
+    Chunk *chunks = (Chunk *)malloc((size_t)(n > 0 ? n : 1) * sizeof(Chunk));
+    if (!chunks) return NULL;
+    int64_t i = 0, first = 0;
+    for (int64_t t = 0; t < n_tensors; t++) {
+        for (int64_t base = 0; base < numel[t]; base += chunk[t]) {
+            int64_t len = numel[t] - base < chunk[t] ? numel[t] - base : chunk[t];
+            int64_t count = len == chunk[t] ? k[t] : k_rest[t];
+            chunks[i].tensor = t;
+            chunks[i].base = base;
+            chunks[i].len = len;
+            chunks[i].first = first;
+            chunks[i].count = count;
+            first += count;
+            i++;
+        }
+    }
+    *n_out = n;
+    return chunks;
+}
+
+static inline float bf16_to_float(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest even, as torch converts float to bfloat16 (NaN stays a quiet NaN). */
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline int64_t offset_at(const void *offsets, int offset_bytes, int64_t j) {
+    if (offset_bytes == 2) return (int64_t)((const uint16_t *)offsets)[j];
+    if (offset_bytes == 4) return (int64_t)((const uint32_t *)offsets)[j];
+    return ((const int64_t *)offsets)[j];
+}
+
+#define PREFETCH 8 /* iterations ahead */
+
+/* The selected gradient or parameter entries are scattered (about one in 100 at density 1%):
+ * prefetching them a few iterations ahead keeps several cache misses in flight at once. */
+static inline void prefetch_ahead(const float *base, const void *offsets, int offset_bytes,
+                                  int64_t j, int64_t end, int write) {
+    if (j + PREFETCH < end) {
+        const float *at = base + offset_at(offsets, offset_bytes, j + PREFETCH);
+        if (write)
+            __builtin_prefetch(at, 1, 0);
+        else
+            __builtin_prefetch(at, 0, 0);
+    }
+}
+
+/* First half of the sparse AdamW step, with torch's AdamW arithmetic in fp32:
+ *   m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2
+ * at the selected entries of every tensor of a group (`grads[t]`: addresses of fp32 flat
+ * gradients). The moments are stored back in their dtype (fp32: `state_bf16` = 0, bfloat16:
+ * 1) and, unrounded, into the fp32 arrays `m_out` and `v_out` (which may be the states
+ * themselves when those are fp32). Returns 0, or 1 when out of memory (nothing was changed). */
+int nanoadam_moments(int64_t n_tensors, const int64_t *grads, const int64_t *numel,
+                     const int64_t *chunk, const int64_t *k, const int64_t *k_rest,
+                     const void *offsets, int offset_bytes, void *exp_avg, void *exp_avg_sq,
+                     int state_bf16, float *m_out, float *v_out, double beta1, double beta2) {
+    int64_t n_chunks;
+    Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
+    if (!chunks) return 1;
+    const float w1 = (float)(1.0 - beta1), b2 = (float)beta2, w2 = (float)(1.0 - beta2);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        const Chunk ch = chunks[c];
+        const float *g = (const float *)(intptr_t)grads[ch.tensor] + ch.base;
+        const int64_t end = ch.first + ch.count;
+        for (int64_t j = ch.first; j < ch.first + PREFETCH && j < end; j++)
+            __builtin_prefetch(g + offset_at(offsets, offset_bytes, j), 0, 0);
+        for (int64_t j = ch.first; j < end; j++) {
+            prefetch_ahead(g, offsets, offset_bytes, j, end, 0);
+            const float gi = g[offset_at(offsets, offset_bytes, j)];
+            float m, v;
+            if (state_bf16) {
+                m = bf16_to_float(((const uint16_t *)exp_avg)[j]);
+                v = bf16_to_float(((const uint16_t *)exp_avg_sq)[j]);
+            } else {
+                m = ((const float *)exp_avg)[j];
+                v = ((const float *)exp_avg_sq)[j];
+            }
+            /* torch's vectorised lerp: fma(w, end - start, start) for w < 0.5, else
+             * fma(w - 1, end - start, end); its vectorised addcmul: fma(value g, g, v) */
+            m = w1 < 0.5f ? fmaf(w1, gi - m, m) : fmaf(w1 - 1.0f, gi - m, gi);
+            v = fmaf(w2 * gi, gi, v * b2);
+            if (state_bf16) {
+                ((uint16_t *)exp_avg)[j] = float_to_bf16(m);
+                ((uint16_t *)exp_avg_sq)[j] = float_to_bf16(v);
+            }
+            m_out[j] = m;
+            v_out[j] = v;
+        }
+    }
+    free(chunks);
+    return 0;
+}
+
+/* Second half: at the same entries, p = p (1 - lr wd) + (-step_size) m / (root / bc2 + eps),
+ * with `m` and `root` = sqrt(v) given per selected entry (fp32; the square root is torch's, so
+ * that results equal torch's AdamW bit for bit). `params[t]`: addresses of fp32 flat
+ * parameters. Returns 0, or 1 when out of memory (nothing was changed). */
+int nanoadam_apply(int64_t n_tensors, const int64_t *params, const int64_t *numel,
+                   const int64_t *chunk, const int64_t *k, const int64_t *k_rest,
+                   const void *offsets, int offset_bytes, const float *m, const float *root,
+                   double lr, double eps, double weight_decay, double step_size,
+                   double bc2_sqrt) {
+    int64_t n_chunks;
+    Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
+    if (!chunks) return 1;
+    const float decay = (float)(1.0 - lr * weight_decay), neg_step = (float)(-step_size);
+    const float bc2 = (float)bc2_sqrt, epsf = (float)eps;
+    const int decays = weight_decay != 0.0;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        const Chunk ch = chunks[c];
+        float *p = (float *)(intptr_t)params[ch.tensor] + ch.base;
+        const int64_t end = ch.first + ch.count;
+        for (int64_t j = ch.first; j < ch.first + PREFETCH && j < end; j++)
+            __builtin_prefetch(p + offset_at(offsets, offset_bytes, j), 1, 0);
+        for (int64_t j = ch.first; j < end; j++) {
+            prefetch_ahead(p, offsets, offset_bytes, j, end, 1);
+            const int64_t i = offset_at(offsets, offset_bytes, j);
+            /* torch: p.mul_(decay), then addcdiv: p + (value m) / denom */
+            const float delta = (m[j] * neg_step) / (root[j] / bc2 + epsf);
+            p[i] = decays ? p[i] * decay + delta : p[i] + delta;
+        }
+    }
+    free(chunks);
+    return 0;
+}
+
+/* |x| as an unsigned key whose order is the order of |x| (NaN above infinity); with `largest`,
+ * reversed, so the kept entries are always those of smallest key. */
+static inline uint32_t score_key(float x, int largest) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u &= 0x7fffffffu;
+    return largest ? 0x7fffffffu - u : u;
+}
+
+#define BIN_SHIFT 19 /* 4096 bins over the 31-bit keys */
+#define N_BINS (1 << (31 - BIN_SHIFT))
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static inline void store_offset(void *out, int offset_bytes, int64_t j, int64_t value) {
+    if (offset_bytes == 2)
+        ((uint16_t *)out)[j] = (uint16_t)value;
+    else if (offset_bytes == 4)
+        ((uint32_t *)out)[j] = (uint32_t)value;
+    else
+        ((int64_t *)out)[j] = value;
+}
+
+/* Keep, in every chunk, the `count` entries of smallest |x| (largest with `largest`), ties to
+ * the lower index, and write their offsets sorted increasingly to `out`. Per chunk: a histogram
+ * of the keys' top bits finds the bin holding the count-th smallest key; one more pass takes the
+ * entries of lower bins and the candidates of that bin, of which a sort keeps the few needed.
+ * Sources are fp32 (`sources[t]`: addresses). Returns 0, or 1 when out of memory. */
+int nanoadam_select(int64_t n_tensors, const int64_t *sources, const int64_t *numel,
+                    const int64_t *chunk, const int64_t *k, const int64_t *k_rest, int largest,
+                    void *out, int offset_bytes) {
+    int64_t n_chunks;
+    Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
+    if (!chunks) return 1;
+    int64_t longest = 1;
+    for (int64_t c = 0; c < n_chunks; c++)
+        if (chunks[c].len > longest) longest = chunks[c].len;
+    int failed = 0;
+#pragma omp parallel
+    {
+        uint32_t *hist = (uint32_t *)malloc(N_BINS * sizeof(uint32_t));
+        uint64_t *cand = (uint64_t *)malloc((size_t)longest * sizeof(uint64_t));
+        int64_t *low = (int64_t *)malloc((size_t)longest * sizeof(int64_t));
+        if (!hist || !cand || !low) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp barrier
+        if (!failed) {
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t c = 0; c < n_chunks; c++) {
+                const Chunk ch = chunks[c];
+                const float *x = (const float *)(intptr_t)sources[ch.tensor] + ch.base;
+                memset(hist, 0, N_BINS * sizeof(uint32_t));
+                for (int64_t i = 0; i < ch.len; i++) hist[score_key(x[i], largest) >> BIN_SHIFT]++;
+                int64_t below = 0;
+                uint32_t bin = 0;
+                while (below + hist[bin] < ch.count) below += hist[bin++];
+                int64_t n_low = 0, n_cand = 0;
+                for (int64_t i = 0; i < ch.len; i++) {
+                    uint32_t key = score_key(x[i], largest);
+                    uint32_t b = key >> BIN_SHIFT;
+                    if (b < bin)
+                        low[n_low++] = i;
+                    else if (b == bin)
+                        cand[n_cand++] = ((uint64_t)key << 32) | (uint64_t)i;
+                }
+                int64_t need = ch.count - n_low; /* 1 <= need <= n_cand */
+                qsort(cand, (size_t)n_cand, sizeof(uint64_t), cmp_u64);
+                /* the chosen candidates back in index order */
+                for (int64_t a = 0; a < need; a++) cand[a] &= 0xffffffffu;
+                qsort(cand, (size_t)need, sizeof(uint64_t), cmp_u64);
+                int64_t a = 0, b = 0, j = ch.first;
+                while (a < n_low || b < need) {
+                    if (b >= need || (a < n_low && low[a] < (int64_t)cand[b]))
+                        store_offset(out, offset_bytes, j++, low[a++]);
+                    else
+                        store_offset(out, offset_bytes, j++, (int64_t)cand[b++]);
+                }
+            }
+        }
+        free(hist);
+        free(cand);
+        free(low);
+    }
+    free(chunks);
+    return failed;
+}

@@ -1,0 +1,216 @@
+"""NanoAdam's compiled CPU kernels (`_cpu_kernels.c`): built on first use, called via ctypes.
+
+The C source is compiled once per source version and compiler into a shared library in
+``$CLBENCH_KERNEL_DIR`` (default ``~/.cache/clbench/kernels``), with the C compiler named by
+``$CC`` (default ``cc``) and OpenMP. Where no compiler works, `library()` returns None and NanoAdam
+keeps its torch path, which is also the reference the kernels are tested against. The library
+links the same OpenMP runtime as torch (libgomp), so `torch.set_num_threads` sets its threads too.
+
+Only plain CPU data goes through these kernels: fp32 parameters, gradients and selection scores,
+contiguous in memory order (checked by the callers), fp32 or bf16 moments.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from array import array
+from pathlib import Path
+
+import torch
+
+from ._nanoadam_functional import AdamHyper
+from ._selection import ChunkLayout
+
+_SOURCE = Path(__file__).with_name("_cpu_kernels.c")
+def _flags() -> list[str]:
+    """-O3 and OpenMP, no contraction of a x b + c into a fused multiply-add except where the
+    source asks for one (`fmaf`, as torch's vectorised lerp does), and hardware FMA where the
+    CPU has it (the library is built on the machine that runs it)."""
+    flags = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off"]
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    if platform.machine() in ("x86_64", "AMD64") and " fma " in cpuinfo:
+        flags.append("-mfma")
+    return flags
+
+
+_FLAGS = _flags()
+
+_library: ctypes.CDLL | None = None
+_tried = False
+
+_ptr, _i64, _int, _f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+# (function, argument types): every function returns 0, or 1 when out of memory
+_SIGNATURES = {
+    "nanoadam_moments": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, _int, _ptr, _ptr, _f64, _f64],
+    "nanoadam_apply": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, *[_f64] * 5],
+    "nanoadam_select": [_i64, *[_ptr] * 5, _int, _ptr, _int],
+}
+
+
+def kernel_dir() -> Path:
+    configured = os.environ.get("CLBENCH_KERNEL_DIR")
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "clbench" / "kernels"
+
+
+def _compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
+def _build(target: Path) -> None:
+    """Compile into a temporary file beside `target`, then rename it into place (atomic, so
+    processes building at once never load a half-written library)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [_compiler(), *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them if needed; None (with one warning) if they cannot be
+    built or loaded here."""
+    global _library, _tried
+    if _tried:
+        return _library
+    _tried = True
+    key = hashlib.sha256(
+        _SOURCE.read_bytes() + " ".join([_compiler(), *_FLAGS, sys.platform]).encode()
+    ).hexdigest()[:16]
+    target = kernel_dir() / f"nanoadam-{key}.so"
+    try:
+        if not target.exists():
+            _build(target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        warnings.warn(
+            f"NanoAdam: the CPU kernels could not be built ({detail.strip().splitlines()[-1]}); "
+            "using the slower torch path (install a C compiler with OpenMP, or set CC)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, ctypes.c_int
+    _library = lib
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+class Tables:
+    """The per-tensor layout tables the kernels read (numel, chunk, k, k_rest), kept as Python
+    arrays (not optimizer state: they are rebuilt from the layouts)."""
+
+    def __init__(self, layouts: list[ChunkLayout]) -> None:
+        self.n = len(layouts)
+        self.numel = array("q", [lay.numel for lay in layouts])
+        self.chunk = array("q", [lay.chunk for lay in layouts])
+        self.k = array("q", [lay.k for lay in layouts])
+        self.k_rest = array("q", [lay.k_rest for lay in layouts])
+
+    def pointers(self) -> list[int]:
+        return [a.buffer_info()[0] for a in (self.numel, self.chunk, self.k, self.k_rest)]
+
+
+def _addresses(tensors: list[torch.Tensor]) -> array:
+    return array("q", [t.data_ptr() for t in tensors])
+
+
+def usable(tensors: list[torch.Tensor]) -> bool:
+    """Whether these tensors can go through the kernels: fp32, on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    tables: Tables,
+    offsets: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    h: AdamHyper,
+) -> None:
+    """`sparse_adamw_reference` over flat (1-D, memory-order) fp32 `params` and `grads`, equal
+    to it bit for bit: one parallel pass gathers the gradients and updates the moments
+    (`nanoadam_moments`), torch takes the square roots of the new v (torch's own rounding, which
+    is not always the correctly rounded one), and a second pass moves the parameters
+    (`nanoadam_apply`)."""
+    lib = library()
+    assert lib is not None and exp_avg.dtype == exp_avg_sq.dtype
+    assert all(t.dim() == 1 and t.stride(0) == 1 for t in (*params, *grads))
+    fp32 = exp_avg.dtype == torch.float32
+    m = exp_avg if fp32 else torch.empty(exp_avg.shape, dtype=torch.float32)
+    v = exp_avg_sq if fp32 else torch.empty(exp_avg.shape, dtype=torch.float32)
+    layout = tables.pointers()
+    g = _addresses(grads)
+    _check(
+        lib.nanoadam_moments(
+            tables.n, g.buffer_info()[0], *layout, offsets.data_ptr(), offsets.element_size(),
+            exp_avg.data_ptr(), exp_avg_sq.data_ptr(), 0 if fp32 else 1, m.data_ptr(),
+            v.data_ptr(), h.beta1, h.beta2,
+        )
+    )
+    root = torch.sqrt(v) if fp32 else v.sqrt_()
+    p = _addresses(params)
+    _check(
+        lib.nanoadam_apply(
+            tables.n, p.buffer_info()[0], *layout, offsets.data_ptr(), offsets.element_size(),
+            m.data_ptr(), root.data_ptr(), h.lr, h.eps, h.weight_decay, h.step_size,
+            h.bias_correction2_sqrt,
+        )
+    )
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("NanoAdam CPU kernel: out of memory")
+
+
+def select(
+    sources: list[torch.Tensor], tables: Tables, largest: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """Offsets of the entries of smallest |x| (largest with `largest`) in every chunk of the
+    flat fp32 `sources`, sorted inside chunks: `select_offsets` with the abs score."""
+    lib = library()
+    assert lib is not None
+    total = sum(
+        (n // c) * k + (kr if n % c else 0)
+        for n, c, k, kr in zip(tables.numel, tables.chunk, tables.k, tables.k_rest, strict=True)
+    )
+    out = torch.empty(total, dtype=dtype)
+    assert all(t.dim() == 1 and t.stride(0) == 1 for t in sources)
+    s = _addresses(sources)
+    _check(
+        lib.nanoadam_select(
+            tables.n, s.buffer_info()[0], *tables.pointers(), int(largest), out.data_ptr(),
+            out.element_size(),
+        )
+    )
+    return out
