@@ -29,6 +29,8 @@ from ._nanoadam_functional import AdamHyper
 from ._selection import ChunkLayout
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.c")
+
+
 def _flags() -> list[str]:
     """-O3 and OpenMP, no contraction of a x b + c into a fused multiply-add except where the
     source asks for one (`fmaf`, as torch's vectorised lerp does), and hardware FMA where the
@@ -172,17 +174,35 @@ def step(
     g = _addresses(grads)
     _check(
         lib.nanoadam_moments(
-            tables.n, g.buffer_info()[0], *layout, offsets.data_ptr(), offsets.element_size(),
-            exp_avg.data_ptr(), exp_avg_sq.data_ptr(), 0 if fp32 else 1, m.data_ptr(),
-            v.data_ptr(), h.beta1, h.beta2,
+            tables.n,
+            g.buffer_info()[0],
+            *layout,
+            offsets.data_ptr(),
+            offsets.element_size(),
+            exp_avg.data_ptr(),
+            exp_avg_sq.data_ptr(),
+            0 if fp32 else 1,
+            m.data_ptr(),
+            v.data_ptr(),
+            h.beta1,
+            h.beta2,
         )
     )
     root = torch.sqrt(v) if fp32 else v.sqrt_()
     p = _addresses(params)
     _check(
         lib.nanoadam_apply(
-            tables.n, p.buffer_info()[0], *layout, offsets.data_ptr(), offsets.element_size(),
-            m.data_ptr(), root.data_ptr(), h.lr, h.eps, h.weight_decay, h.step_size,
+            tables.n,
+            p.buffer_info()[0],
+            *layout,
+            offsets.data_ptr(),
+            offsets.element_size(),
+            m.data_ptr(),
+            root.data_ptr(),
+            h.lr,
+            h.eps,
+            h.weight_decay,
+            h.step_size,
             h.bias_correction2_sqrt,
         )
     )
@@ -209,7 +229,11 @@ def select(
     s = _addresses(sources)
     _check(
         lib.nanoadam_select(
-            tables.n, s.buffer_info()[0], *tables.pointers(), int(largest), out.data_ptr(),
+            tables.n,
+            s.buffer_info()[0],
+            *tables.pointers(),
+            int(largest),
+            out.data_ptr(),
             out.element_size(),
         )
     )

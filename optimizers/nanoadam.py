@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import _cpu_kernels
 from ._nanoadam_functional import (
     AdamHyper,
     FlatLayout,
@@ -25,7 +26,6 @@ from ._nanoadam_functional import (
     sparse_adamw_reference,
     sparse_adamw_shared,
 )
-from . import _cpu_kernels
 from ._selection import (
     CRITERIA,
     chunk_layout,
@@ -367,7 +367,7 @@ class NanoAdam(torch.optim.Optimizer):
         if self.backend == "cpu":
             if not ok:
                 raise RuntimeError(
-                    "the CPU kernels need fp32 CPU parameters and gradients and fp32 or bf16 moments"
+                    "the CPU kernels need fp32 CPU parameters and gradients, fp32 or bf16 moments"
                 )
             if not _cpu_kernels.available():
                 raise RuntimeError("the CPU kernels could not be built (see the warning)")
