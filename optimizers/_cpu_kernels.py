@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ._nanoadam_functional import AdamHyper
-from ._selection import ChunkLayout
+from ._selection import ChunkLayout, flat_like, flat_view
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.c")
 
@@ -53,7 +53,7 @@ _tried = False
 _ptr, _i64, _int, _f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 # (function, argument types): every function returns 0, or 1 when out of memory
 _SIGNATURES = {
-    "nanoadam_moments": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, _int, _ptr, _ptr, _f64, _f64],
+    "nanoadam_moments": [_i64, *[_ptr] * 7, _int, _ptr, _ptr, _int, _ptr, _ptr, _f64, _f64],
     "nanoadam_apply": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, *[_f64] * 5],
     "nanoadam_select": [_i64, *[_ptr] * 5, _int, _ptr, _int],
 }
@@ -147,35 +147,56 @@ def _addresses(tensors: list[torch.Tensor]) -> array:
 
 def usable(tensors: list[torch.Tensor]) -> bool:
     """Whether these tensors can go through the kernels: fp32, on the CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return all(t.is_cpu and t.dtype == torch.float32 for t in tensors)
+
+
+def flat_inputs(
+    params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[array, array, list[torch.Tensor]] | None:
+    """The addresses of the memory-order data of fp32 CPU `params` and `grads` (see
+    `_selection.flat_like`), and any reordered gradient copies, which must outlive the kernel
+    call; None if a tensor is not fp32 on the CPU."""
+    p_addr, g_addr, keep = array("q"), array("q"), []
+    for p, g in zip(params, grads, strict=True):
+        if not (p.is_cpu and g.is_cpu and p.dtype == torch.float32 and g.dtype == torch.float32):
+            return None
+        if p.is_contiguous() and g.is_contiguous():
+            p_addr.append(p.data_ptr())
+            g_addr.append(g.data_ptr())
+        else:  # e.g. channels-last: flat_view checks the entries are dense in memory
+            flat_g = flat_like(g, p)
+            keep.append(flat_g)
+            p_addr.append(flat_view(p).data_ptr())
+            g_addr.append(flat_g.data_ptr())
+    return p_addr, g_addr, keep
 
 
 def step(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
+    params: array,
+    grads: array,
     tables: Tables,
     offsets: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     h: AdamHyper,
 ) -> None:
-    """`sparse_adamw_reference` over flat (1-D, memory-order) fp32 `params` and `grads`, equal
-    to it bit for bit: one parallel pass gathers the gradients and updates the moments
-    (`nanoadam_moments`), torch takes the square roots of the new v (torch's own rounding, which
-    is not always the correctly rounded one), and a second pass moves the parameters
-    (`nanoadam_apply`)."""
+    """`sparse_adamw_reference` on the fp32 parameters and gradients at these addresses (see
+    `flat_inputs`), equal to it bit for bit: one parallel pass gathers the gradients and
+    updates the moments (`nanoadam_moments`), torch takes the square roots of the new v (with
+    torch's own rounding, which is not always the correctly rounded one), and a second pass
+    moves the parameters (`nanoadam_apply`)."""
     lib = library()
     assert lib is not None and exp_avg.dtype == exp_avg_sq.dtype
-    assert all(t.dim() == 1 and t.stride(0) == 1 for t in (*params, *grads))
+    assert len(params) == len(grads) == tables.n
     fp32 = exp_avg.dtype == torch.float32
     m = exp_avg if fp32 else torch.empty(exp_avg.shape, dtype=torch.float32)
     v = exp_avg_sq if fp32 else torch.empty(exp_avg.shape, dtype=torch.float32)
     layout = tables.pointers()
-    g = _addresses(grads)
     _check(
         lib.nanoadam_moments(
             tables.n,
-            g.buffer_info()[0],
+            grads.buffer_info()[0],
+            params.buffer_info()[0],
             *layout,
             offsets.data_ptr(),
             offsets.element_size(),
@@ -189,11 +210,10 @@ def step(
         )
     )
     root = torch.sqrt(v) if fp32 else v.sqrt_()
-    p = _addresses(params)
     _check(
         lib.nanoadam_apply(
             tables.n,
-            p.buffer_info()[0],
+            params.buffer_info()[0],
             *layout,
             offsets.data_ptr(),
             offsets.element_size(),

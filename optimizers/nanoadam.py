@@ -29,8 +29,6 @@ from ._nanoadam_functional import (
 from ._selection import (
     CRITERIA,
     chunk_layout,
-    flat_like,
-    flat_view,
     offset_dtype,
     select_offsets,
     selection_source,
@@ -320,16 +318,9 @@ class NanoAdam(torch.optim.Optimizer):
                 [rt.flat.layouts[i] for i in index],
                 h,
             )
-        elif self._use_cpu_kernels(params, grads, rt):
-            _cpu_kernels.step(
-                [flat_view(p) for p in params],
-                [flat_like(g, p) for g, p in zip(grads, params, strict=True)],
-                rt.tables,
-                rt.offsets,
-                rt.exp_avg,
-                rt.exp_avg_sq,
-                h,
-            )
+        elif (inputs := self._cpu_kernel_inputs(params, grads, rt)) is not None:
+            p_addr, g_addr, _keep = inputs
+            _cpu_kernels.step(p_addr, g_addr, rt.tables, rt.offsets, rt.exp_avg, rt.exp_avg_sq, h)
         elif self._use_triton(params, grads):
             from ._nanoadam_triton import sparse_adamw_triton
 
@@ -352,27 +343,27 @@ class NanoAdam(torch.optim.Optimizer):
         else:
             sparse_adamw_flat(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
 
-    def _use_cpu_kernels(
+    def _cpu_kernel_inputs(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], rt: _GroupRuntime
-    ) -> bool:
-        """Whether this step goes through the compiled CPU kernels: backend "cpu", or "auto"
-        with fp32 CPU tensors and kernels that built here."""
+    ) -> tuple[Any, Any, list[torch.Tensor]] | None:
+        """`_cpu_kernels.flat_inputs` when this step goes through the compiled CPU kernels
+        (backend "cpu", or "auto" with fp32 CPU tensors and kernels that built here), else
+        None."""
         if self.backend not in ("auto", "cpu"):
-            return False
-        ok = (
-            _cpu_kernels.usable(params + grads)
-            and rt.exp_avg.dtype in (torch.float32, torch.bfloat16)
-            and rt.flat.chunk < 2**31
-        )
+            return None
+        inputs = None
+        if rt.exp_avg.dtype in (torch.float32, torch.bfloat16) and rt.flat.chunk < 2**31:
+            inputs = _cpu_kernels.flat_inputs(params, grads)
         if self.backend == "cpu":
-            if not ok:
+            if inputs is None:
                 raise RuntimeError(
                     "the CPU kernels need fp32 CPU parameters and gradients, fp32 or bf16 moments"
                 )
             if not _cpu_kernels.available():
                 raise RuntimeError("the CPU kernels could not be built (see the warning)")
-            return True
-        return ok and _cpu_kernels.available()
+        elif inputs is not None and not _cpu_kernels.available():
+            return None
+        return inputs
 
     def _use_triton(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
         if self.backend == "torch":
@@ -429,16 +420,12 @@ class NanoAdam(torch.optim.Optimizer):
         data = param.data
         if group["sparse"]:
             s = self.state[param]
-            if self._use_cpu_kernels([data], [grad], rt):
-                flat_data = flat_view(data)
+            inputs = self._cpu_kernel_inputs([data], [grad], rt)
+            if inputs is not None:
+                p_addr, g_addr, _keep = inputs
+                tables = _cpu_kernels.Tables([rt.flat.layouts[i]])
                 _cpu_kernels.step(
-                    [flat_data],
-                    [flat_like(grad, data)],
-                    _cpu_kernels.Tables([rt.flat.layouts[i]]),
-                    s["offsets"],
-                    s["exp_avg"],
-                    s["exp_avg_sq"],
-                    rt.last,
+                    p_addr, g_addr, tables, s["offsets"], s["exp_avg"], s["exp_avg_sq"], rt.last
                 )
                 return
             sparse_adamw_reference(
