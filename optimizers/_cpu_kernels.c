@@ -266,3 +266,69 @@ int nanoadam_select(int64_t n_tensors, const int64_t *sources, const int64_t *nu
     free(chunks);
     return failed;
 }
+
+/* After a refresh that kept the layout (same tables), per chunk: the moments of every newly
+ * selected entry, taken from the old selection where the entry was already selected, zero
+ * where it is new (old and new offsets are sorted, so one merge per chunk matches them).
+ * Moments are `state_bytes` (2 or 4) bytes each; `*_old` and `*_new` must not overlap.
+ * Returns 0, or 1 when out of memory. */
+int nanoadam_carry(int64_t n_tensors, const int64_t *numel, const int64_t *chunk,
+                   const int64_t *k, const int64_t *k_rest, const void *old_offsets,
+                   const void *new_offsets, int offset_bytes, const void *m_old,
+                   const void *v_old, void *m_new, void *v_new, int state_bytes) {
+    int64_t n_chunks;
+    Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
+    if (!chunks) return 1;
+    const char *mo = (const char *)m_old, *vo = (const char *)v_old;
+    char *mn = (char *)m_new, *vn = (char *)v_new;
+    const size_t w = (size_t)state_bytes;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        const Chunk ch = chunks[c];
+        int64_t a = ch.first;
+        const int64_t a_end = ch.first + ch.count;
+        for (int64_t j = ch.first; j < a_end; j++) {
+            const int64_t want = offset_at(new_offsets, offset_bytes, j);
+            while (a < a_end && offset_at(old_offsets, offset_bytes, a) < want) a++;
+            if (a < a_end && offset_at(old_offsets, offset_bytes, a) == want) {
+                memcpy(mn + j * w, mo + a * w, w);
+                memcpy(vn + j * w, vo + a * w, w);
+            } else {
+                memset(mn + j * w, 0, w);
+                memset(vn + j * w, 0, w);
+            }
+        }
+    }
+    free(chunks);
+    return 0;
+}
+
+/* Tracking of the entries ever selected: set bit `tensor_bits[t] + index` of `bits` (a bit
+ * per entry, tensor t starting at bit `tensor_bits[t]`, a multiple of 8) for every selected
+ * entry, and add to `counts[t]` the number of bits newly set in tensor t.
+ * Returns 0, or 1 when out of memory. */
+int nanoadam_mark(int64_t n_tensors, const int64_t *numel, const int64_t *chunk, const int64_t *k,
+                  const int64_t *k_rest, const void *offsets, int offset_bytes,
+                  const int64_t *tensor_bits, uint8_t *bits, int64_t *counts) {
+    int64_t n_chunks;
+    Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
+    if (!chunks) return 1;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        const Chunk ch = chunks[c];
+        const int64_t base = tensor_bits[ch.tensor] + ch.base;
+        int64_t fresh = 0;
+        for (int64_t j = ch.first; j < ch.first + ch.count; j++) {
+            const int64_t bit = base + offset_at(offsets, offset_bytes, j);
+            const uint8_t mask = (uint8_t)(1u << (bit & 7));
+            /* atomic: neighbouring chunks may share a byte when the chunk length is not a
+             * multiple of 8 */
+            const uint8_t before = __atomic_fetch_or(bits + (bit >> 3), mask, __ATOMIC_RELAXED);
+            fresh += (before & mask) == 0;
+        }
+#pragma omp atomic
+        counts[ch.tensor] += fresh;
+    }
+    free(chunks);
+    return 0;
+}

@@ -56,6 +56,8 @@ _SIGNATURES = {
     "nanoadam_moments": [_i64, *[_ptr] * 7, _int, _ptr, _ptr, _int, _ptr, _ptr, _f64, _f64],
     "nanoadam_apply": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, *[_f64] * 5],
     "nanoadam_select": [_i64, *[_ptr] * 5, _int, _ptr, _int],
+    "nanoadam_carry": [_i64, *[_ptr] * 6, _int, *[_ptr] * 4, _int],
+    "nanoadam_mark": [_i64, *[_ptr] * 5, _int, _ptr, _ptr, _ptr],
 }
 
 
@@ -258,3 +260,57 @@ def select(
         )
     )
     return out
+
+
+def carry(
+    tables: Tables,
+    old_offsets: torch.Tensor,
+    new_offsets: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The moments at `new_offsets`, carried from `old_offsets` (the same layout) where an
+    entry stays selected, zero where it is new: `nanoadam._carry_moments` in one pass."""
+    lib = library()
+    assert lib is not None and old_offsets.dtype == new_offsets.dtype
+    m, v = torch.empty_like(exp_avg), torch.empty_like(exp_avg_sq)
+    _check(
+        lib.nanoadam_carry(
+            tables.n,
+            *tables.pointers(),
+            old_offsets.data_ptr(),
+            new_offsets.data_ptr(),
+            new_offsets.element_size(),
+            exp_avg.data_ptr(),
+            exp_avg_sq.data_ptr(),
+            m.data_ptr(),
+            v.data_ptr(),
+            exp_avg.element_size(),
+        )
+    )
+    return m, v
+
+
+def mark(
+    tables: Tables,
+    offsets: torch.Tensor,
+    tensor_bits: torch.Tensor,
+    bits: torch.Tensor,
+    counts: torch.Tensor,
+) -> None:
+    """Set the tracking bit of every selected entry in `bits` (uint8; tensor t starts at bit
+    `tensor_bits[t]`) and add the newly set ones per tensor to `counts` (int64)."""
+    lib = library()
+    assert lib is not None
+    assert tensor_bits.dtype == counts.dtype == torch.int64 and bits.dtype == torch.uint8
+    _check(
+        lib.nanoadam_mark(
+            tables.n,
+            *tables.pointers(),
+            offsets.data_ptr(),
+            offsets.element_size(),
+            tensor_bits.data_ptr(),
+            bits.data_ptr(),
+            counts.data_ptr(),
+        )
+    )

@@ -472,19 +472,37 @@ class NanoAdam(torch.optim.Optimizer):
         flat = FlatLayout.build(layouts, device)
         if rt.tensor_bases is None:
             self._init_tracking(rt, params)
-        new_index = flat.global_indices(offsets, rt.tensor_bases)
+        kernels = self._cpu_kernels_for(device)
+        new_index = None
         state_dtype = group["state_dtype"]
         if group["on_refresh"] == "carry" and rt.offsets is not None:
-            old_index = rt.flat.global_indices(rt.offsets, rt.tensor_bases)
-            exp_avg, exp_avg_sq = _carry_moments(old_index, new_index, rt.exp_avg, rt.exp_avg_sq)
+            if kernels and rt.flat.layouts == layouts and rt.offsets.dtype == offsets.dtype:
+                exp_avg, exp_avg_sq = _cpu_kernels.carry(
+                    tables, rt.offsets, offsets, rt.exp_avg, rt.exp_avg_sq
+                )
+            else:
+                new_index = flat.global_indices(offsets, rt.tensor_bases)
+                old_index = rt.flat.global_indices(rt.offsets, rt.tensor_bases)
+                exp_avg, exp_avg_sq = _carry_moments(
+                    old_index, new_index, rt.exp_avg, rt.exp_avg_sq
+                )
         else:
             exp_avg = torch.zeros(offsets.shape, dtype=state_dtype, device=device)
             exp_avg_sq = torch.zeros(offsets.shape, dtype=state_dtype, device=device)
             rt.bias_step = 0
-        _mark_updated(rt, new_index, flat)
+        if kernels:
+            _cpu_kernels.mark(tables, offsets, rt.tensor_bases, rt.updated_bits, rt.updated_counts)
+        else:
+            if new_index is None:
+                new_index = flat.global_indices(offsets, rt.tensor_bases)
+            _mark_updated(rt, new_index, flat)
         rt.flat, rt.tables, rt.density = flat, tables, density
         rt.offsets, rt.exp_avg, rt.exp_avg_sq = offsets, exp_avg, exp_avg_sq
         self._expose_state(group, rt)
+
+    def _cpu_kernels_for(self, device: torch.device) -> bool:
+        """Whether the refresh of a group on `device` uses the compiled CPU kernels."""
+        return self.backend in ("auto", "cpu") and device.type == "cpu" and _cpu_kernels.available()
 
     def _select_on_cpu_kernels(
         self, sources: list[torch.Tensor], score: Any, layouts: list[Any]
@@ -492,11 +510,10 @@ class NanoAdam(torch.optim.Optimizer):
         """Whether the selection goes through the compiled CPU kernel (|x| scores of fp32 CPU
         tensors; backends "auto" and "cpu")."""
         return (
-            self.backend in ("auto", "cpu")
-            and score is torch.abs
+            score is torch.abs
             and _cpu_kernels.usable(sources)
             and max((lay.chunk for lay in layouts), default=0) < 2**31
-            and _cpu_kernels.available()
+            and self._cpu_kernels_for(sources[0].device)
         )
 
     @staticmethod
