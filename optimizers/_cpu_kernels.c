@@ -93,8 +93,7 @@ static inline void prefetch_ahead(const float *base, const void *offsets, int of
  * gradients). The moments are stored back in their dtype (fp32: `state_bf16` = 0, bfloat16:
  * 1) and, unrounded, into the fp32 arrays `m_out` and `v_out` (which may be the states
  * themselves when those are fp32). Returns 0, or 1 when out of memory (nothing was changed). */
-int nanoadam_moments(int64_t n_tensors, const int64_t *grads, const int64_t *params,
-                     const int64_t *numel,
+int nanoadam_moments(int64_t n_tensors, const int64_t *grads, const int64_t *numel,
                      const int64_t *chunk, const int64_t *k, const int64_t *k_rest,
                      const void *offsets, int offset_bytes, void *exp_avg, void *exp_avg_sq,
                      int state_bf16, float *m_out, float *v_out, double beta1, double beta2) {
@@ -106,16 +105,11 @@ int nanoadam_moments(int64_t n_tensors, const int64_t *grads, const int64_t *par
     for (int64_t c = 0; c < n_chunks; c++) {
         const Chunk ch = chunks[c];
         const float *g = (const float *)(intptr_t)grads[ch.tensor] + ch.base;
-        const float *p = (const float *)(intptr_t)params[ch.tensor] + ch.base;
         const int64_t end = ch.first + ch.count;
-        for (int64_t j = ch.first; j < ch.first + PREFETCH && j < end; j++) {
+        for (int64_t j = ch.first; j < ch.first + PREFETCH && j < end; j++)
             __builtin_prefetch(g + offset_at(offsets, offset_bytes, j), 0, 0);
-            __builtin_prefetch(p + offset_at(offsets, offset_bytes, j), 1, 2);
-        }
         for (int64_t j = ch.first; j < end; j++) {
             prefetch_ahead(g, offsets, offset_bytes, j, end, 0);
-            if (j + PREFETCH < end)
-                __builtin_prefetch(p + offset_at(offsets, offset_bytes, j + PREFETCH), 1, 2);
             const float gi = g[offset_at(offsets, offset_bytes, j)];
             float m, v;
             if (state_bf16) {

@@ -53,7 +53,7 @@ _tried = False
 _ptr, _i64, _int, _f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 # (function, argument types): every function returns 0, or 1 when out of memory
 _SIGNATURES = {
-    "nanoadam_moments": [_i64, *[_ptr] * 7, _int, _ptr, _ptr, _int, _ptr, _ptr, _f64, _f64],
+    "nanoadam_moments": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, _int, _ptr, _ptr, _f64, _f64],
     "nanoadam_apply": [_i64, *[_ptr] * 6, _int, _ptr, _ptr, *[_f64] * 5],
     "nanoadam_select": [_i64, *[_ptr] * 5, _int, _ptr, _int],
     "nanoadam_carry": [_i64, *[_ptr] * 6, _int, *[_ptr] * 4, _int],
@@ -198,7 +198,6 @@ def step(
         lib.nanoadam_moments(
             tables.n,
             grads.buffer_info()[0],
-            params.buffer_info()[0],
             *layout,
             offsets.data_ptr(),
             offsets.element_size(),
