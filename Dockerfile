@@ -22,8 +22,17 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch \
     TRITON_CACHE_DIR=/cache/triton \
+    CLBENCH_KERNEL_DIR=/cache/clbench/kernels \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib
+
+# A C compiler: Triton builds its small launcher stubs with one the first time it runs, and
+# NanoAdam builds its CPU kernels with it (the runtime base image has none). Versions come from
+# the base image's Ubuntu release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml README.md /tmp/clbench/
 COPY clbench /tmp/clbench/clbench
