@@ -173,6 +173,22 @@ def flat_inputs(
     return p_addr, g_addr, keep
 
 
+def grad_inputs(
+    params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[array, list[torch.Tensor]]:
+    """`flat_inputs` for the gradients alone, of contiguous fp32 CPU `params` (a gradient has its
+    parameter's device and dtype)."""
+    g_addr, keep = array("q"), []
+    for p, g in zip(params, grads, strict=True):
+        if g.is_contiguous():
+            g_addr.append(g.data_ptr())
+        else:
+            flat_g = flat_like(g, p)
+            keep.append(flat_g)
+            g_addr.append(flat_g.data_ptr())
+    return g_addr, keep
+
+
 def step(
     params: array,
     grads: array,

@@ -9,6 +9,7 @@ See docs/nanoadam.md for the choices the paper leaves open.
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class _SharedStorage:
     buffer: torch.Tensor
     starts: list[int]
     pointers: list[int]  # data_ptr of each parameter while it still lives in the buffer
+    addresses: array  # the same, as the CPU kernels take them
 
     @classmethod
     def adopt(cls, params: list[torch.Tensor]) -> _SharedStorage | None:
@@ -102,7 +104,8 @@ class _SharedStorage:
                 view = buffer[a : a + p.numel()].view_as(p)
                 view.copy_(p)
                 p.data = view
-        return cls(buffer, starts, [p.data_ptr() for p in params])
+        pointers = [p.data_ptr() for p in params]
+        return cls(buffer, starts, pointers, array("q", pointers))
 
     def holds(self, params: list[torch.Tensor]) -> bool:
         """Whether every parameter still lives in the buffer (`model.to(...)`, `p.data = ...`
@@ -296,14 +299,17 @@ class NanoAdam(torch.optim.Optimizer):
         live = [g for g in grads if g is not None]
         if not live:
             return
-        grad_dtypes = {g.dtype for g in live}
         if any(g.is_sparse for g in live):
             raise RuntimeError("NanoAdam does not support sparse gradients")
         h = self._begin_step(group, rt)
         complete = len(live) == len(grads)
         if rt.shared is not None and not rt.shared.holds(params):
             rt.shared = None  # the parameters moved out of the buffer: per-tensor paths
-        uniform = complete and len(grad_dtypes) == 1
+        if complete and (inputs := self._cpu_kernel_inputs(params, grads, rt)) is not None:
+            p_addr, g_addr, _keep = inputs
+            _cpu_kernels.step(p_addr, g_addr, rt.tables, rt.offsets, rt.exp_avg, rt.exp_avg_sq, h)
+            return
+        uniform = complete and len({g.dtype for g in live}) == 1
         if uniform and rt.shared is None:
             uniform = len({p.dtype for p in params}) == 1
         if not uniform or self.backend == "reference":
@@ -318,9 +324,6 @@ class NanoAdam(torch.optim.Optimizer):
                 [rt.flat.layouts[i] for i in index],
                 h,
             )
-        elif (inputs := self._cpu_kernel_inputs(params, grads, rt)) is not None:
-            p_addr, g_addr, _keep = inputs
-            _cpu_kernels.step(p_addr, g_addr, rt.tables, rt.offsets, rt.exp_avg, rt.exp_avg_sq, h)
         elif self._use_triton(params, grads):
             from ._nanoadam_triton import sparse_adamw_triton
 
@@ -353,7 +356,13 @@ class NanoAdam(torch.optim.Optimizer):
             return None
         inputs = None
         if rt.exp_avg.dtype in (torch.float32, torch.bfloat16) and rt.flat.chunk < 2**31:
-            inputs = _cpu_kernels.flat_inputs(params, grads)
+            shared = rt.shared
+            if shared is not None and shared.buffer.is_cpu and shared.buffer.dtype == torch.float32:
+                # contiguous fp32 CPU parameters at known addresses; their gradients share
+                # their device and dtype (torch enforces it)
+                inputs = (shared.addresses, *_cpu_kernels.grad_inputs(params, grads))
+            else:
+                inputs = _cpu_kernels.flat_inputs(params, grads)
         if self.backend == "cpu":
             if inputs is None:
                 raise RuntimeError(
