@@ -347,17 +347,26 @@ class NanoAdam(torch.optim.Optimizer):
             sparse_adamw_flat(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
 
     def _cpu_kernel_inputs(
-        self, params: list[torch.Tensor], grads: list[torch.Tensor], rt: _GroupRuntime
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        rt: _GroupRuntime,
+        whole_group: bool = True,
     ) -> tuple[Any, Any, list[torch.Tensor]] | None:
         """`_cpu_kernels.flat_inputs` when this step goes through the compiled CPU kernels
         (backend "cpu", or "auto" with fp32 CPU tensors and kernels that built here), else
-        None."""
+        None. `whole_group`: `params` are all the group's parameters (not one of them)."""
         if self.backend not in ("auto", "cpu"):
             return None
         inputs = None
         if rt.exp_avg.dtype in (torch.float32, torch.bfloat16) and rt.flat.chunk < 2**31:
             shared = rt.shared
-            if shared is not None and shared.buffer.is_cpu and shared.buffer.dtype == torch.float32:
+            if (
+                whole_group
+                and shared is not None
+                and shared.buffer.is_cpu
+                and shared.buffer.dtype == torch.float32
+            ):
                 # contiguous fp32 CPU parameters at known addresses; their gradients share
                 # their device and dtype (torch enforces it)
                 inputs = (shared.addresses, *_cpu_kernels.grad_inputs(params, grads))
@@ -429,7 +438,7 @@ class NanoAdam(torch.optim.Optimizer):
         data = param.data
         if group["sparse"]:
             s = self.state[param]
-            inputs = self._cpu_kernel_inputs([data], [grad], rt)
+            inputs = self._cpu_kernel_inputs([data], [grad], rt, whole_group=False)
             if inputs is not None:
                 p_addr, g_addr, _keep = inputs
                 tables = _cpu_kernels.Tables([rt.flat.layouts[i]])
