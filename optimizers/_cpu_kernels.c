@@ -13,6 +13,9 @@
 #include <string.h>
 #include <math.h>
 
+/* Four int32 lanes (GCC/Clang vector extension: one SSE2 or NEON register). */
+typedef int32_t v4si __attribute__((vector_size(16)));
+
 /* One chunk of one tensor: the unit of parallel work. */
 typedef struct {
     int64_t tensor;
@@ -195,67 +198,200 @@ static inline void store_offset(void *out, int offset_bytes, int64_t j, int64_t 
         ((int64_t *)out)[j] = value;
 }
 
+/* The r-th smallest (from 0) of a[0..n), by quickselect; reorders a. */
+static uint64_t kth_smallest(uint64_t *a, int64_t n, int64_t r) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        /* median of three as the pivot */
+        int64_t mid = lo + (hi - lo) / 2;
+        uint64_t x = a[lo], y = a[mid], z = a[hi];
+        uint64_t pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                uint64_t t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (r <= j)
+            hi = j;
+        else if (r >= i)
+            lo = i;
+        else
+            return a[r];
+    }
+    return a[r];
+}
+
+#define SAMPLE 1024  /* entries sampled per chunk to estimate the cut */
+#define MARGIN 2.0   /* the estimated cut lets through about this many times the entries kept */
+
+/* Whether a chunk is worth the sampled cut: long, and few of its entries kept. */
+static inline int uses_sample(const Chunk *ch) {
+    return ch->len >= 8 * SAMPLE && ch->count * 16 <= ch->len;
+}
+
+/* Per-thread scratch of the selection. */
+typedef struct {
+    uint64_t *cand, *work;
+    int64_t *low;
+    uint32_t *hist;
+} Scratch;
+
+/* Try the sampled cut on one chunk: the (MARGIN x count)-th smallest key of a strided sample
+ * of SAMPLE entries, scaled to the chunk, as a threshold; one pass keeps the entries at or below
+ * it as (key, index) candidates, in index order; the count-th smallest candidate then separates
+ * the kept ones. Exact whenever it returns 1: every entry left out lies above the threshold,
+ * hence above every candidate. Returns 0 (nothing written) when the sample misjudged the chunk:
+ * fewer than `count` candidates, or far more than expected (ties). */
+static int select_sampled(const float *x, const Chunk *ch, int largest, Scratch *sc, void *out,
+                          int offset_bytes) {
+    const int64_t len = ch->len, count = ch->count;
+    const int64_t stride = len / SAMPLE, n_s = len / stride;
+    int64_t rank = (int64_t)ceil(MARGIN * (double)count * (double)n_s / (double)len) + 3;
+    if (rank > n_s - 1) rank = n_s - 1;
+    /* the rank-th smallest sampled key: the rank + 1 smallest kept sorted in `best` (few
+     * samples get in once it has filled) */
+    uint64_t *best = sc->work;
+    for (int64_t i = 0; i <= rank; i++) best[i] = UINT64_MAX;
+    for (int64_t i = 0; i < n_s; i++) {
+        const uint64_t key = score_key(x[i * stride], largest);
+        if (key >= best[rank]) continue;
+        int64_t at = rank;
+        while (at > 0 && best[at - 1] > key) {
+            best[at] = best[at - 1];
+            at--;
+        }
+        best[at] = key;
+    }
+    const uint32_t cut = (uint32_t)best[rank];
+    int64_t cap = 3 * (rank + 1) * len / n_s;
+    if (cap < 8 * count) cap = 8 * count;
+    /* Blocks of 16 entries: a vector test whether any is a candidate (most blocks hold none:
+     * about one entry in 50 is), then a branch-free compaction of the blocks that do. |x| as
+     * an integer is below 2^31, so signed comparisons order it; with `largest`, key <= cut
+     * reads |x| >= 0x7fffffff - cut. */
+    int64_t n = 0, i = 0;
+    const int32_t edge = (int32_t)(largest ? 0x7fffffffu - cut : cut);
+    const v4si magnitude = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    const v4si bound = {edge, edge, edge, edge};
+    for (; i + 16 <= len; i += 16) {
+        v4si q[4], hit;
+        memcpy(q, x + i, sizeof q);
+        for (int l = 0; l < 4; l++) q[l] &= magnitude;
+        if (largest)
+            hit = (q[0] >= bound) | (q[1] >= bound) | (q[2] >= bound) | (q[3] >= bound);
+        else
+            hit = (q[0] <= bound) | (q[1] <= bound) | (q[2] <= bound) | (q[3] <= bound);
+        uint64_t lanes[2];
+        memcpy(lanes, &hit, sizeof lanes);
+        if (lanes[0] | lanes[1])
+            for (int l = 0; l < 16; l++) {
+                const uint32_t key = score_key(x[i + l], largest);
+                sc->cand[n] = ((uint64_t)key << 32) | (uint64_t)(i + l);
+                n += key <= cut;
+            }
+    }
+    for (; i < len; i++) {
+        const uint32_t key = score_key(x[i], largest);
+        sc->cand[n] = ((uint64_t)key << 32) | (uint64_t)i;
+        n += key <= cut;
+    }
+    if (n < count || n > cap) return 0;
+    memcpy(sc->work, sc->cand, (size_t)n * sizeof(uint64_t));
+    const uint64_t last = kth_smallest(sc->work, n, count - 1);
+    int64_t j = ch->first;
+    for (int64_t a = 0; a < n; a++)
+        if (sc->cand[a] <= last) store_offset(out, offset_bytes, j++, (int64_t)(sc->cand[a] & 0xffffffffu));
+    return 1;
+}
+
+/* The exact route for any chunk: a histogram of the keys' top bits finds the bin holding the
+ * count-th smallest key; one more pass takes the entries of lower bins and the candidates of
+ * that bin, of which a sort keeps the few needed; a merge writes them in index order. */
+static void select_histogram(const float *x, const Chunk *ch, int largest, Scratch *sc,
+                             void *out, int offset_bytes) {
+    uint32_t *hist = sc->hist;
+    memset(hist, 0, N_BINS * sizeof(uint32_t));
+    for (int64_t i = 0; i < ch->len; i++) hist[score_key(x[i], largest) >> BIN_SHIFT]++;
+    int64_t below = 0;
+    uint32_t bin = 0;
+    while (below + hist[bin] < ch->count) below += hist[bin++];
+    int64_t n_low = 0, n_cand = 0;
+    for (int64_t i = 0; i < ch->len; i++) {
+        const uint32_t key = score_key(x[i], largest);
+        const uint32_t b = key >> BIN_SHIFT;
+        if (b < bin)
+            sc->low[n_low++] = i;
+        else if (b == bin)
+            sc->cand[n_cand++] = ((uint64_t)key << 32) | (uint64_t)i;
+    }
+    const int64_t need = ch->count - n_low; /* 1 <= need <= n_cand */
+    qsort(sc->cand, (size_t)n_cand, sizeof(uint64_t), cmp_u64);
+    for (int64_t a = 0; a < need; a++) sc->cand[a] &= 0xffffffffu; /* back to index order */
+    qsort(sc->cand, (size_t)need, sizeof(uint64_t), cmp_u64);
+    int64_t a = 0, b = 0, j = ch->first;
+    while (a < n_low || b < need) {
+        if (b >= need || (a < n_low && sc->low[a] < (int64_t)sc->cand[b]))
+            store_offset(out, offset_bytes, j++, sc->low[a++]);
+        else
+            store_offset(out, offset_bytes, j++, (int64_t)sc->cand[b++]);
+    }
+}
+
 /* Keep, in every chunk, the `count` entries of smallest |x| (largest with `largest`), ties to
- * the lower index, and write their offsets sorted increasingly to `out`. Per chunk: a histogram
- * of the keys' top bits finds the bin holding the count-th smallest key; one more pass takes the
- * entries of lower bins and the candidates of that bin, of which a sort keeps the few needed.
- * Sources are fp32 (`sources[t]`: addresses). Returns 0, or 1 when out of memory. */
+ * the lower index, and write their offsets sorted increasingly to `out`: the sampled cut where
+ * few entries are kept of a long chunk, else (or when the sample misjudges the chunk) the
+ * histogram route. Sources are fp32 (`sources[t]`: addresses); chunks hold fewer than 2^32
+ * entries. Returns 0, or 1 when out of memory. */
 int nanoadam_select(int64_t n_tensors, const int64_t *sources, const int64_t *numel,
                     const int64_t *chunk, const int64_t *k, const int64_t *k_rest, int largest,
                     void *out, int offset_bytes) {
     int64_t n_chunks;
     Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
     if (!chunks) return 1;
-    int64_t longest = 1;
+    int64_t longest = SAMPLE;
     for (int64_t c = 0; c < n_chunks; c++)
         if (chunks[c].len > longest) longest = chunks[c].len;
     int failed = 0;
 #pragma omp parallel
     {
-        uint32_t *hist = (uint32_t *)malloc(N_BINS * sizeof(uint32_t));
-        uint64_t *cand = (uint64_t *)malloc((size_t)longest * sizeof(uint64_t));
-        int64_t *low = (int64_t *)malloc((size_t)longest * sizeof(int64_t));
-        if (!hist || !cand || !low) {
+        Scratch sc;
+        sc.hist = (uint32_t *)malloc(N_BINS * sizeof(uint32_t));
+        sc.cand = (uint64_t *)malloc((size_t)longest * sizeof(uint64_t));
+        sc.work = (uint64_t *)malloc((size_t)longest * sizeof(uint64_t));
+        sc.low = (int64_t *)malloc((size_t)longest * sizeof(int64_t));
+        if (!sc.hist || !sc.cand || !sc.work || !sc.low) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp barrier
         if (!failed) {
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(static)
             for (int64_t c = 0; c < n_chunks; c++) {
-                const Chunk ch = chunks[c];
-                const float *x = (const float *)(intptr_t)sources[ch.tensor] + ch.base;
-                memset(hist, 0, N_BINS * sizeof(uint32_t));
-                for (int64_t i = 0; i < ch.len; i++) hist[score_key(x[i], largest) >> BIN_SHIFT]++;
-                int64_t below = 0;
-                uint32_t bin = 0;
-                while (below + hist[bin] < ch.count) below += hist[bin++];
-                int64_t n_low = 0, n_cand = 0;
-                for (int64_t i = 0; i < ch.len; i++) {
-                    uint32_t key = score_key(x[i], largest);
-                    uint32_t b = key >> BIN_SHIFT;
-                    if (b < bin)
-                        low[n_low++] = i;
-                    else if (b == bin)
-                        cand[n_cand++] = ((uint64_t)key << 32) | (uint64_t)i;
+                const Chunk *ch = &chunks[c];
+                const float *x = (const float *)(intptr_t)sources[ch->tensor] + ch->base;
+                const int sampled = uses_sample(ch);
+                if (c + 1 < n_chunks && uses_sample(&chunks[c + 1])) {
+                    /* the next chunk's sample is scattered over its cache lines: start those
+                     * loads now, while this chunk is read */
+                    const Chunk *next = &chunks[c + 1];
+                    const float *y = (const float *)(intptr_t)sources[next->tensor] + next->base;
+                    const int64_t stride = next->len / SAMPLE;
+                    for (int64_t i = 0; i < next->len / stride; i++)
+                        __builtin_prefetch(y + i * stride, 0, 2);
                 }
-                int64_t need = ch.count - n_low; /* 1 <= need <= n_cand */
-                qsort(cand, (size_t)n_cand, sizeof(uint64_t), cmp_u64);
-                /* the chosen candidates back in index order */
-                for (int64_t a = 0; a < need; a++) cand[a] &= 0xffffffffu;
-                qsort(cand, (size_t)need, sizeof(uint64_t), cmp_u64);
-                int64_t a = 0, b = 0, j = ch.first;
-                while (a < n_low || b < need) {
-                    if (b >= need || (a < n_low && low[a] < (int64_t)cand[b]))
-                        store_offset(out, offset_bytes, j++, low[a++]);
-                    else
-                        store_offset(out, offset_bytes, j++, (int64_t)cand[b++]);
-                }
+                if (!sampled || !select_sampled(x, ch, largest, &sc, out, offset_bytes))
+                    select_histogram(x, ch, largest, &sc, out, offset_bytes);
             }
         }
-        free(hist);
-        free(cand);
-        free(low);
+        free(sc.hist);
+        free(sc.cand);
+        free(sc.work);
+        free(sc.low);
     }
     free(chunks);
     return failed;

@@ -47,6 +47,10 @@ def _flags() -> list[str]:
 
 _FLAGS = _flags()
 
+#: Longest chunk the selection kernel takes (its scratch is 24 bytes per entry of the longest
+#: chunk, per thread); longer ones (`chunk_size=None` on large tensors) select with torch.
+MAX_SELECT_CHUNK = 1 << 20
+
 _library: ctypes.CDLL | None = None
 _tried = False
 

@@ -530,7 +530,7 @@ class NanoAdam(torch.optim.Optimizer):
         return (
             score is torch.abs
             and _cpu_kernels.usable(sources)
-            and max((lay.chunk for lay in layouts), default=0) < 2**31
+            and max((lay.chunk for lay in layouts), default=0) <= _cpu_kernels.MAX_SELECT_CHUNK
             and self._cpu_kernels_for(sources[0].device)
         )
 

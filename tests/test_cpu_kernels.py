@@ -57,6 +57,31 @@ def test_select_equals_torch_topk(threads, chunk_size, largest):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("case", ["sample_too_high", "sample_too_low", "all_tied"])
+def test_select_when_the_sample_misjudges_the_chunk(threads, case):
+    """Long chunks first try a cut estimated from a strided sample (every 32nd entry of a
+    chunk of 32768). Where the sample misjudges the chunk, the exact route takes over: the
+    result is still the torch reference (ties: the lowest indices)."""
+    n, chunk = 2 * 32768, 32768
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(n, generator=gen) + 1.0
+    sampled = torch.zeros(n, dtype=torch.bool)
+    sampled[::32] = True
+    if case == "sample_too_high":  # the sampled entries are the largest: too many candidates
+        x[sampled] += 10.0
+    elif case == "sample_too_low":  # the sampled entries are the smallest: too few candidates
+        x[sampled] -= 0.999
+    else:
+        x = torch.full((n,), 0.5)
+    lay = chunk_layout(n, chunk, 0.01)
+    got = _cpu_kernels.select([x], _cpu_kernels.Tables([lay]), False, torch.int16)
+    if case == "all_tied":
+        want = torch.arange(lay.k, dtype=torch.int16).repeat(2)
+    else:
+        want = chunk_offsets(x.abs(), lay, False, torch.int16)
+    assert torch.equal(got, want)
+
+
 def test_select_with_ties_keeps_the_lowest_indices(threads):
     """All-equal scores (zero-initialised weights): each chunk keeps its k first entries."""
     n, chunk = 3000, 1000
