@@ -3,8 +3,8 @@
 Every figure is a ratio of two timings taken in one process run, never across runs: contenders
 take turns (A B C A B C ..., never A A A B B B) after warm-up, CUDA is synchronised around each
 timing, every contender has its own copy of the weights and fresh optimizer state, and all see the
-same fixed gradients (optimizer steps) or the same fixed batch (training steps); medians are
-reported. The parts:
+same fixed gradients (each its own copy of them: optimizer steps) or the same fixed batch
+(training steps); medians are reported. The parts:
 
 1. optimizer step on real models' parameters, ratio to the best of torch's AdamW implementations
    (`optimizers.benchmark`), NanoAdam with and without its mask refresh;
@@ -1099,8 +1099,9 @@ def markdown_table(table: TextTable) -> str:
 
 _PARTS = {
     "optimizer_step": "One optimizer step on the parameters of each model (heads and norms in "
-    "the dense group where the optimizer has one), fixed random gradients shared by every "
-    "optimizer, each optimizer on its own copy of the weights. NanoAdam's plain step is timed "
+    "the dense group where the optimizer has one), the same fixed random gradients for every "
+    "optimizer, each optimizer on its own copy of the weights and of the gradients (so that no "
+    "optimizer finds in cache what the previous one read). NanoAdam's plain step is timed "
     "with a static mask and its refresh step with a refresh at every step; the refresh is their "
     "difference, amortized over `mask_interval` steps. GaLore's projection refresh (every 200 "
     "steps) happens in its first, untimed step and is not amortized here.",
@@ -1141,7 +1142,8 @@ def render_markdown(results: dict, plot: str | None = None) -> str:
         "",
         "Every figure is a ratio of timings taken in the same process run: the contenders take "
         "turns (A B C A B C ...), after warm-up turns, each with its own copy of the weights and "
-        "fresh optimizer state, all on the same fixed gradients or the same fixed batch; each "
+        "fresh optimizer state, all on the same fixed gradients (each its own copy) or the same "
+        "fixed batch; each "
         f"time is the median of {s['repeats']} timed turns, after {s['warmup']} untimed "
         "warm-up turn(s) besides each contender's first step. "
         "Timings on a shared machine are noisy; the ratios are what carries over.",

@@ -102,8 +102,7 @@ def fixed_gradients(model: nn.Module, seed: int = 0, scale: float = 1e-3) -> lis
 
 
 def attach(model: nn.Module, grads: list[torch.Tensor]) -> nn.Module:
-    """Give the parameters these gradient tensors (shared, not copied: no optimizer here
-    writes to a gradient, and `StepBenchmark.gradients_intact` checks it)."""
+    """Give the parameters these gradient tensors (not copied)."""
     for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g
     return model
@@ -190,13 +189,16 @@ def benchmark_steps(
     grads: list[torch.Tensor] | None = None,
 ) -> StepBenchmark:
     """Time one optimizer step of every contender on its own copy of `model` (which must hold
-    no gradients), all on the same fixed gradients. A contender that cannot be built or fails
-    its first step (a missing package, no kernel for this device) is skipped with the reason."""
+    no gradients) and its own copy of the same fixed gradients: shared gradients would let a
+    contender find in cache the entries the previous one just read (two NanoAdams with the same
+    mask read the same ones). A contender that cannot be built or fails its first step (a
+    missing package, no kernel for this device) is skipped with the reason. `gradients_intact`
+    says whether every contender's gradients still equal the originals afterwards."""
     grads = fixed_gradients(model) if grads is None else grads
     checksum = _checksum(grads)
     optimizers, models, skipped = {}, {}, {}
     for name, build in factories.items():
-        m = attach(copy.deepcopy(model), grads)
+        m = attach(copy.deepcopy(model), [g.clone() for g in grads])
         try:
             opt = build(m)
             opt.step()  # the first step allocates the state (and the first mask)
@@ -206,7 +208,8 @@ def benchmark_steps(
         optimizers[name], models[name] = opt, m
     steps = {name: opt.step for name, opt in optimizers.items()}
     times = alternate(steps, repeats, timer, warmup)
-    return StepBenchmark(times, optimizers, models, skipped, _checksum(grads) == checksum)
+    intact = all(_checksum([p.grad for p in m.parameters()]) == checksum for m in models.values())
+    return StepBenchmark(times, optimizers, models, skipped, intact)
 
 
 def _checksum(tensors: list[torch.Tensor]) -> float:
