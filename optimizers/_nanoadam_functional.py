@@ -293,24 +293,34 @@ def sparse_adamw_shared(
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def fused_adamw_applies(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel takes these tensors: one CPU or CUDA device and one
+    floating dtype it supports, gradients included."""
+    device, dtype = params[0].device, params[0].dtype
+    return (
+        device.type in ("cpu", "cuda")
+        and dtype in _FUSED_DTYPES
+        and all(p.device == device and p.dtype == dtype for p in params)
+        and all(g.dtype == dtype for g in grads)
+    )
+
+
 def dense_adamw(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     h: AdamHyper,
+    fused: bool | None = None,
 ) -> None:
     """Plain AdamW (torch's arithmetic, fp32 moments) over whole tensors: torch's fused kernel
-    when all tensors share a CPU or CUDA device and a dtype, else `_foreach` ops."""
+    when `fused_adamw_applies` (or `fused`, when the caller knows), else `_foreach` ops."""
     if not params:
         return
-    device, dtype = params[0].device, params[0].dtype
-    if (
-        device.type in ("cpu", "cuda")
-        and dtype in _FUSED_DTYPES
-        and all(p.device == device and p.dtype == dtype for p in params)
-        and all(g.dtype == dtype for g in grads)
-    ):
+    if fused is None:
+        fused = fused_adamw_applies(params, grads)
+    if fused:
+        device = params[0].device
         step = torch.tensor(float(h.bias_step), dtype=torch.float32, device=device)
         torch._fused_adamw_(
             params,

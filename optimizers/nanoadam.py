@@ -23,6 +23,7 @@ from ._nanoadam_functional import (
     FlatLayout,
     dense_adamw,
     effective_lr_sum,
+    fused_adamw_applies,
     sparse_adamw_flat,
     sparse_adamw_reference,
     sparse_adamw_shared,
@@ -57,6 +58,9 @@ class _GroupRuntime:
     updated_counts: torch.Tensor | None = None  # per tensor: entries ever selected
     last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
     shared: _SharedStorage | None = None  # the flat buffer the group's parameters live in
+    # dense groups: parameters, moments and whether torch's fused AdamW applies, kept from a
+    # step where every parameter had a gradient (the state tensors do not change after that)
+    dense: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], bool] | None = None
 
 
 _ALIGN = 16  # entries: each parameter starts 64-byte aligned (fp32) inside the shared buffer
@@ -252,21 +256,28 @@ class NanoAdam(torch.optim.Optimizer):
         )
 
     def _dense_step(self, group: dict[str, Any], rt: _GroupRuntime) -> None:
-        params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
-        for p in group["params"]:
-            g = p.grad
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError("NanoAdam does not support sparse gradients")
-            s = self._dense_state(p)
-            params.append(p)
-            grads.append(g)
-            exp_avgs.append(s["exp_avg"])
-            exp_avg_sqs.append(s["exp_avg_sq"])
-        if not params:
-            return
-        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, self._begin_step(group, rt))
+        grads = [p.grad for p in group["params"]]
+        if any(g is not None and g.is_sparse for g in grads):
+            raise RuntimeError("NanoAdam does not support sparse gradients")
+        if rt.dense is not None and all(g is not None for g in grads):
+            params, exp_avgs, exp_avg_sqs, fused = rt.dense  # every gradient, as last time
+        else:
+            params, exp_avgs, exp_avg_sqs, live = [], [], [], []
+            for p, g in zip(group["params"], grads, strict=True):
+                if g is None:
+                    continue
+                s = self._dense_state(p)
+                params.append(p)
+                live.append(g)
+                exp_avgs.append(s["exp_avg"])
+                exp_avg_sqs.append(s["exp_avg_sq"])
+            if not params:
+                return
+            fused = fused_adamw_applies(params, live)
+            if len(live) == len(grads):
+                rt.dense = (params, exp_avgs, exp_avg_sqs, fused)
+            grads = live
+        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, self._begin_step(group, rt), fused)
 
     def _dense_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """The fp32 moments of a parameter of a dense group, created at its first step."""
