@@ -409,9 +409,6 @@ int nanoadam_carry(int64_t n_tensors, const int64_t *numel, const int64_t *chunk
     int64_t n_chunks;
     Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
     if (!chunks) return 1;
-    const char *mo = (const char *)m_old, *vo = (const char *)v_old;
-    char *mn = (char *)m_new, *vn = (char *)v_new;
-    const size_t w = (size_t)state_bytes;
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < n_chunks; c++) {
         const Chunk ch = chunks[c];
@@ -420,12 +417,14 @@ int nanoadam_carry(int64_t n_tensors, const int64_t *numel, const int64_t *chunk
         for (int64_t j = ch.first; j < a_end; j++) {
             const int64_t want = offset_at(new_offsets, offset_bytes, j);
             while (a < a_end && offset_at(old_offsets, offset_bytes, a) < want) a++;
-            if (a < a_end && offset_at(old_offsets, offset_bytes, a) == want) {
-                memcpy(mn + j * w, mo + a * w, w);
-                memcpy(vn + j * w, vo + a * w, w);
+            /* where the entry is new, `a` points at no match: copy a zero instead */
+            const int stays = a < a_end && offset_at(old_offsets, offset_bytes, a) == want;
+            if (state_bytes == 2) {
+                ((uint16_t *)m_new)[j] = stays ? ((const uint16_t *)m_old)[a] : 0;
+                ((uint16_t *)v_new)[j] = stays ? ((const uint16_t *)v_old)[a] : 0;
             } else {
-                memset(mn + j * w, 0, w);
-                memset(vn + j * w, 0, w);
+                ((uint32_t *)m_new)[j] = stays ? ((const uint32_t *)m_old)[a] : 0;
+                ((uint32_t *)v_new)[j] = stays ? ((const uint32_t *)v_old)[a] : 0;
             }
         }
     }

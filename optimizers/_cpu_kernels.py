@@ -292,6 +292,7 @@ def carry(
     entry stays selected, zero where it is new: `nanoadam._carry_moments` in one pass."""
     lib = library()
     assert lib is not None and old_offsets.dtype == new_offsets.dtype
+    assert exp_avg.element_size() in (2, 4) and exp_avg.dtype == exp_avg_sq.dtype
     m, v = torch.empty_like(exp_avg), torch.empty_like(exp_avg_sq)
     _check(
         lib.nanoadam_carry(

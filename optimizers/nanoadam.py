@@ -505,7 +505,12 @@ class NanoAdam(torch.optim.Optimizer):
         new_index = None
         state_dtype = group["state_dtype"]
         if group["on_refresh"] == "carry" and rt.offsets is not None:
-            if kernels and rt.flat.layouts == layouts and rt.offsets.dtype == offsets.dtype:
+            if (
+                kernels
+                and rt.flat.layouts == layouts
+                and rt.offsets.dtype == offsets.dtype
+                and rt.exp_avg.element_size() in (2, 4)
+            ):
                 exp_avg, exp_avg_sq = _cpu_kernels.carry(
                     tables, rt.offsets, offsets, rt.exp_avg, rt.exp_avg_sq
                 )

@@ -158,7 +158,7 @@ def test_step_on_channels_last_parameters():
     assert torch.equal(a, b) and (a != w).sum() == off.numel()
 
 
-@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_carry_equals_the_torch_merge(threads, state_dtype):
     tensors, layouts, tables, dtype = _setup(SIZES, 1000, 0.05)
     old = _cpu_kernels.select(tensors, tables, False, dtype)
@@ -195,9 +195,21 @@ def test_mark_equals_the_torch_tracking(threads):
     assert int(b.updated_counts.sum()) > off.numel()
 
 
-@pytest.mark.parametrize("criterion", ["small_weights", "large_weights", "large_grads"])
-@pytest.mark.parametrize("on_refresh", ["carry", "reset"])
-def test_optimizer_on_kernels_equals_the_torch_path(threads, criterion, on_refresh):
+@pytest.mark.parametrize(
+    ("criterion", "on_refresh", "state_dtype"),
+    [
+        *[
+            (c, r, torch.bfloat16)
+            for c in ("small_weights", "large_weights", "large_grads")
+            for r in ("carry", "reset")
+        ],
+        # fp16 and fp64 moments: the step takes the torch path, refresh and tracking the kernels
+        ("small_weights", "carry", torch.float32),
+        ("small_weights", "carry", torch.float16),
+        ("small_weights", "carry", torch.float64),
+    ],
+)
+def test_optimizer_on_kernels_equals_the_torch_path(threads, criterion, on_refresh, state_dtype):
     """The whole optimizer, kernels (backend "auto" on the CPU) against the torch path: same
     parameters, moments, masks and tracking, bit for bit, across refreshes. (Zero-initialised
     biases are perturbed first: among tied scores the kernel keeps the lowest indices, while
@@ -218,6 +230,7 @@ def test_optimizer_on_kernels_equals_the_torch_path(threads, criterion, on_refre
             mask_interval=4,
             criterion=criterion,
             on_refresh=on_refresh,
+            state_dtype=state_dtype,
             chunk_size=1000,
         )
         opt.backend = backend
