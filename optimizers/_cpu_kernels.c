@@ -461,3 +461,81 @@ int nanoadam_mark(int64_t n_tensors, const int64_t *numel, const int64_t *chunk,
     free(chunks);
     return 0;
 }
+
+#define DENSE_BLOCK 16384 /* entries per unit of parallel work in the dense step */
+
+/* The blocks of DENSE_BLOCK entries of every tensor, as (tensor, start) pairs; NULL when out
+ * of memory. */
+static int64_t *dense_blocks(int64_t n_tensors, const int64_t *numel, int64_t *n_out) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < n_tensors; t++) n += (numel[t] + DENSE_BLOCK - 1) / DENSE_BLOCK;
+    int64_t *blocks = (int64_t *)malloc((size_t)(n > 0 ? 2 * n : 1) * sizeof(int64_t));
+    if (!blocks) return NULL;
+    int64_t b = 0;
+    for (int64_t t = 0; t < n_tensors; t++)
+        for (int64_t s = 0; s < numel[t]; s += DENSE_BLOCK) {
+            blocks[2 * b] = t;
+            blocks[2 * b + 1] = s;
+            b++;
+        }
+    *n_out = n;
+    return blocks;
+}
+
+/* AdamW over every entry of the tensors of a dense group, in two parallel passes over blocks of
+ * all tensors (normalisation layers make for hundreds of small tensors, which torch's fused
+ * kernel takes one call each), with the sparse step's arithmetic (torch's single-tensor
+ * AdamW). First half: m and v of tensor t, fp32, live at `first[t]` in the flat `exp_avg` and
+ * `exp_avg_sq`; `grads[t]`: addresses of fp32 gradients of `numel[t]` entries.
+ * Returns 0, or 1 when out of memory (nothing was changed). */
+int nanoadam_dense_moments(int64_t n_tensors, const int64_t *grads, const int64_t *numel,
+                           const int64_t *first, float *exp_avg, float *exp_avg_sq,
+                           double beta1, double beta2) {
+    int64_t n_blocks;
+    int64_t *blocks = dense_blocks(n_tensors, numel, &n_blocks);
+    if (!blocks) return 1;
+    const float w1 = (float)(1.0 - beta1), b2 = (float)beta2, w2 = (float)(1.0 - beta2);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_blocks; i++) {
+        const int64_t t = blocks[2 * i], s = blocks[2 * i + 1];
+        const int64_t n = numel[t] - s < DENSE_BLOCK ? numel[t] - s : DENSE_BLOCK;
+        const float *restrict g = (const float *)(intptr_t)grads[t] + s;
+        float *restrict m = exp_avg + first[t] + s;
+        float *restrict v = exp_avg_sq + first[t] + s;
+        for (int64_t d = 0; d < n; d++) {
+            const float gd = g[d], md = m[d];
+            m[d] = w1 < 0.5f ? fmaf(w1, gd - md, md) : fmaf(w1 - 1.0f, gd - md, gd);
+            v[d] = fmaf(w2 * gd, gd, v[d] * b2);
+        }
+    }
+    free(blocks);
+    return 0;
+}
+
+/* Second half: p = p (1 - lr wd) + (-step_size) m / (root / bc2 + eps), with `root` = sqrt(v)
+ * (torch's) laid out like `exp_avg`; `params[t]`: addresses of fp32 parameters. */
+int nanoadam_dense_apply(int64_t n_tensors, const int64_t *params, const int64_t *numel,
+                         const int64_t *first, const float *exp_avg, const float *root,
+                         double lr, double eps, double weight_decay, double step_size,
+                         double bc2_sqrt) {
+    int64_t n_blocks;
+    int64_t *blocks = dense_blocks(n_tensors, numel, &n_blocks);
+    if (!blocks) return 1;
+    const float decay = (float)(1.0 - lr * weight_decay), neg_step = (float)(-step_size);
+    const float bc2 = (float)bc2_sqrt, epsf = (float)eps;
+    const int decays = weight_decay != 0.0;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_blocks; i++) {
+        const int64_t t = blocks[2 * i], s = blocks[2 * i + 1];
+        const int64_t n = numel[t] - s < DENSE_BLOCK ? numel[t] - s : DENSE_BLOCK;
+        float *restrict p = (float *)(intptr_t)params[t] + s;
+        const float *restrict m = exp_avg + first[t] + s;
+        const float *restrict r = root + first[t] + s;
+        for (int64_t d = 0; d < n; d++) {
+            const float pd = decays ? p[d] * decay : p[d];
+            p[d] = pd + (m[d] * neg_step) / (r[d] / bc2 + epsf);
+        }
+    }
+    free(blocks);
+    return 0;
+}

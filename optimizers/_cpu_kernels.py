@@ -36,6 +36,7 @@ def _flags() -> list[str]:
     source asks for one (`fmaf`, as torch's vectorised lerp does), and hardware FMA where the
     CPU has it (the library is built on the machine that runs it)."""
     flags = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off"]
+    flags.append("-fno-math-errno")  # lets sqrtf vectorise (nothing reads errno)
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -62,6 +63,8 @@ _SIGNATURES = {
     "nanoadam_select": [_i64, *[_ptr] * 5, _int, _ptr, _int],
     "nanoadam_carry": [_i64, *[_ptr] * 6, _int, *[_ptr] * 4, _int],
     "nanoadam_mark": [_i64, *[_ptr] * 5, _int, _ptr, _ptr, _ptr],
+    "nanoadam_dense_moments": [_i64, *[_ptr] * 5, _f64, _f64],
+    "nanoadam_dense_apply": [_i64, *[_ptr] * 5, *[_f64] * 5],
 }
 
 
@@ -334,3 +337,75 @@ def mark(
             counts.data_ptr(),
         )
     )
+
+
+class DenseTables:
+    """A dense group's contiguous fp32 CPU parameters as the dense kernels read them, and its
+    moments moved into two flat fp32 buffers (`state[p]` holds views of them), so that torch
+    takes the square roots of all v in one call. Kept between steps: these tensors stay put."""
+
+    def __init__(self, params: list[torch.Tensor], state: dict) -> None:
+        self.pointers = [p.data_ptr() for p in params]
+        self.params = array("q", self.pointers)
+        self.numel = array("q", [p.numel() for p in params])
+        first, total = [], 0
+        for p in params:
+            first.append(total)
+            total += p.numel()
+        self.first = array("q", first)
+        self.exp_avg = torch.empty(total, dtype=torch.float32)
+        self.exp_avg_sq = torch.empty(total, dtype=torch.float32)
+        for p, a in zip(params, first, strict=True):
+            for key, flat in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                view = flat[a : a + p.numel()].view_as(p)
+                view.copy_(state[p][key])
+                state[p][key] = view
+
+    @staticmethod
+    def eligible(tensors: list[torch.Tensor]) -> bool:
+        return all(t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+    def holds(self, params: list[torch.Tensor], state: dict) -> bool:
+        """Whether the parameters are still where they were, and their moments still views of
+        the flat buffers (`load_state_dict` replaces them)."""
+        base = self.exp_avg.data_ptr()
+        return all(p.data_ptr() == q for p, q in zip(params, self.pointers, strict=True)) and (
+            not params or state[params[0]]["exp_avg"].data_ptr() == base
+        )
+
+
+def dense(tables: DenseTables, grads: list[torch.Tensor], h: AdamHyper) -> bool:
+    """AdamW over a dense group, equal bit for bit to torch's single-tensor AdamW: a parallel
+    pass updates m and v, torch takes the square roots, a second pass moves the parameters.
+    False, doing nothing, when a gradient is not contiguous."""
+    lib = library()
+    assert lib is not None and len(grads) == len(tables.numel)
+    g_addr = array("q")
+    for g in grads:
+        if not g.is_contiguous():
+            return False
+        g_addr.append(g.data_ptr())
+    n, numel, first = len(grads), tables.numel.buffer_info()[0], tables.first.buffer_info()[0]
+    m, v = tables.exp_avg, tables.exp_avg_sq
+    _check(
+        lib.nanoadam_dense_moments(
+            n, g_addr.buffer_info()[0], numel, first, m.data_ptr(), v.data_ptr(), h.beta1, h.beta2
+        )
+    )
+    root = torch.sqrt(v)
+    _check(
+        lib.nanoadam_dense_apply(
+            n,
+            tables.params.buffer_info()[0],
+            numel,
+            first,
+            m.data_ptr(),
+            root.data_ptr(),
+            h.lr,
+            h.eps,
+            h.weight_decay,
+            h.step_size,
+            h.bias_correction2_sqrt,
+        )
+    )
+    return True

@@ -294,11 +294,13 @@ _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def fused_adamw_applies(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
-    """Whether torch's fused AdamW kernel takes these tensors: one CPU or CUDA device and one
-    floating dtype it supports, gradients included."""
+    """Whether the dense step takes torch's fused AdamW kernel: one CUDA device and one
+    floating dtype it supports, gradients included. (On the CPU the fused kernel rounds
+    differently from torch's per-tensor AdamW, which the CPU paths of NanoAdam follow bit for
+    bit: its dense groups take the `_foreach` ops there, or the CPU kernels.)"""
     device, dtype = params[0].device, params[0].dtype
     return (
-        device.type in ("cpu", "cuda")
+        device.type == "cuda"
         and dtype in _FUSED_DTYPES
         and all(p.device == device and p.dtype == dtype for p in params)
         and all(g.dtype == dtype for g in grads)
@@ -314,7 +316,8 @@ def dense_adamw(
     fused: bool | None = None,
 ) -> None:
     """Plain AdamW (torch's arithmetic, fp32 moments) over whole tensors: torch's fused kernel
-    when `fused_adamw_applies` (or `fused`, when the caller knows), else `_foreach` ops."""
+    when `fused_adamw_applies` (or `fused`, when the caller knows), else the `_foreach` ops of
+    torch's per-tensor AdamW."""
     if not params:
         return
     if fused is None:

@@ -58,9 +58,12 @@ class _GroupRuntime:
     updated_counts: torch.Tensor | None = None  # per tensor: entries ever selected
     last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
     shared: _SharedStorage | None = None  # the flat buffer the group's parameters live in
-    # dense groups: parameters, moments and whether torch's fused AdamW applies, kept from a
-    # step where every parameter had a gradient (the state tensors do not change after that)
-    dense: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], bool] | None = None
+    # dense groups: parameters, moments, whether torch's fused AdamW applies and the CPU
+    # kernel's address tables, kept from a step where every parameter had a gradient (the state
+    # tensors do not change after that)
+    dense: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], bool, Any] | None = (
+        None
+    )
 
 
 _ALIGN = 16  # entries: each parameter starts 64-byte aligned (fp32) inside the shared buffer
@@ -260,7 +263,7 @@ class NanoAdam(torch.optim.Optimizer):
         if any(g is not None and g.is_sparse for g in grads):
             raise RuntimeError("NanoAdam does not support sparse gradients")
         if rt.dense is not None and all(g is not None for g in grads):
-            params, exp_avgs, exp_avg_sqs, fused = rt.dense  # every gradient, as last time
+            params, exp_avgs, exp_avg_sqs, fused, tables = rt.dense  # as at the last such step
         else:
             params, exp_avgs, exp_avg_sqs, live = [], [], [], []
             for p, g in zip(group["params"], grads, strict=True):
@@ -274,10 +277,27 @@ class NanoAdam(torch.optim.Optimizer):
             if not params:
                 return
             fused = fused_adamw_applies(params, live)
+            tables = None
+            if (
+                len(live) == len(grads)
+                and self._cpu_kernels_for(params[0].device)
+                and _cpu_kernels.DenseTables.eligible(params + exp_avgs + exp_avg_sqs)
+            ):
+                tables = _cpu_kernels.DenseTables(params, self.state)
+                exp_avgs = [self.state[p]["exp_avg"] for p in params]
+                exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
             if len(live) == len(grads):
-                rt.dense = (params, exp_avgs, exp_avg_sqs, fused)
+                rt.dense = (params, exp_avgs, exp_avg_sqs, fused, tables)
             grads = live
-        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, self._begin_step(group, rt), fused)
+        h = self._begin_step(group, rt)
+        if (
+            tables is not None
+            and self._cpu_kernels_for(params[0].device)
+            and tables.holds(params, self.state)
+            and _cpu_kernels.dense(tables, grads, h)
+        ):
+            return
+        dense_adamw(params, grads, exp_avgs, exp_avg_sqs, h, fused)
 
     def _dense_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """The fp32 moments of a parameter of a dense group, created at its first step."""

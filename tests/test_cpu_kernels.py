@@ -287,3 +287,29 @@ def test_the_library_is_built_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(_cpu_kernels, "_build", no_rebuild)
     assert _cpu_kernels.available()
     assert built.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_dense_kernel_is_torch_per_tensor_adamw(threads, weight_decay):
+    """The dense groups' kernel (hundreds of small tensors and one longer than a block of work,
+    in one call) equals torch's per-tensor AdamW bit for bit, over several steps; the moments
+    move into flat buffers that `state` keeps viewing."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(7,), (64,), (3, 5), (40000,)] + [(32,)] * 50
+    a = [torch.randn(s, generator=gen) for s in shapes]
+    b = [t.clone() for t in a]
+    adamw = torch.optim.AdamW(a, lr=1e-2, weight_decay=weight_decay, foreach=False)
+    state = {p: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)} for p in b}
+    tables = _cpu_kernels.DenseTables(b, state)
+    assert tables.holds(b, state)
+    for step in range(1, 6):
+        grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
+        for p, g in zip(a, grads, strict=True):
+            p.grad = g
+        adamw.step()
+        h = AdamHyper(1e-2, 0.9, 0.999, 1e-8, weight_decay, step)
+        assert _cpu_kernels.dense(tables, grads, h)
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(adamw.state[p]["exp_avg_sq"], state[q]["exp_avg_sq"])
+    assert state[b[3]]["exp_avg"].data_ptr() == tables.exp_avg.data_ptr() + 4 * (7 + 64 + 15)

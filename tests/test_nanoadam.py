@@ -67,9 +67,10 @@ def test_density_one_equals_adamw(mask_interval):
     assert _max_diff(a, b) <= 1e-6
 
 
-def test_density_one_with_dense_groups_equals_adamw():
-    """With `param_groups` (heads and norms dense): the dense group runs torch's fused AdamW
-    kernel, the sparse group torch's per-tensor arithmetic; AdamW configured alike agrees."""
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_density_one_with_dense_groups_equals_adamw(backend):
+    """With `param_groups` (heads and norms dense), on the CPU kernels ("auto") and on the torch
+    path: both groups follow torch's per-tensor AdamW arithmetic, bit for bit."""
     batches = _batches(50)
     a, b = _vit(), _vit()
     nano = NanoAdam(
@@ -80,10 +81,8 @@ def test_density_one_with_dense_groups_equals_adamw():
         state_dtype=torch.float32,
         mask_interval=5,
     )
-    sparse, dense = param_groups(b)
-    adamw = torch.optim.AdamW(
-        [{**sparse, "fused": False}, {**dense, "fused": True}], lr=1e-3, weight_decay=0.01
-    )
+    nano.backend = backend
+    adamw = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
     _train(a, nano, batches)
     _train(b, adamw, batches)
     assert _max_diff(a, b) <= 1e-6
