@@ -243,13 +243,14 @@ def step(
             offsets.element_size(),
             m.data_ptr(),
             root.data_ptr(),
-            h.lr,
-            h.eps,
-            h.weight_decay,
-            h.step_size,
-            h.bias_correction2_sqrt,
+            *_apply_hyper(h),
         )
     )
+
+
+def _apply_hyper(h: AdamHyper) -> tuple[float, ...]:
+    """The hyperparameters the parameter passes take, in their order."""
+    return (h.lr, h.eps, h.weight_decay, h.step_size, h.bias_correction2_sqrt)
 
 
 def _check(status: int) -> None:
@@ -401,11 +402,7 @@ def dense(tables: DenseTables, grads: list[torch.Tensor], h: AdamHyper) -> bool:
             first,
             m.data_ptr(),
             root.data_ptr(),
-            h.lr,
-            h.eps,
-            h.weight_decay,
-            h.step_size,
-            h.bias_correction2_sqrt,
+            *_apply_hyper(h),
         )
     )
     return True
