@@ -16,7 +16,9 @@
 /* Four int32 lanes (GCC/Clang vector extension: one SSE2 or NEON register). */
 typedef int32_t v4si __attribute__((vector_size(16)));
 
-/* One chunk of one tensor: the unit of parallel work. */
+/* One chunk of one tensor: the unit of parallel work. (A single unit runs on the calling
+ * thread: fused backward updates tensors one at a time, many of them small, and waking the
+ * OpenMP team would cost more than the work.) */
 typedef struct {
     int64_t tensor;
     int64_t base;  /* index of the chunk's first entry inside its tensor */
@@ -104,7 +106,7 @@ int nanoadam_moments(int64_t n_tensors, const int64_t *grads, const int64_t *num
     Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
     if (!chunks) return 1;
     const float w1 = (float)(1.0 - beta1), b2 = (float)beta2, w2 = (float)(1.0 - beta2);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const Chunk ch = chunks[c];
         const float *g = (const float *)(intptr_t)grads[ch.tensor] + ch.base;
@@ -153,7 +155,7 @@ int nanoadam_apply(int64_t n_tensors, const int64_t *params, const int64_t *nume
     const float decay = (float)(1.0 - lr * weight_decay), neg_step = (float)(-step_size);
     const float bc2 = (float)bc2_sqrt, epsf = (float)eps;
     const int decays = weight_decay != 0.0;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const Chunk ch = chunks[c];
         float *p = (float *)(intptr_t)params[ch.tensor] + ch.base;
@@ -409,7 +411,7 @@ int nanoadam_carry(int64_t n_tensors, const int64_t *numel, const int64_t *chunk
     int64_t n_chunks;
     Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
     if (!chunks) return 1;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const Chunk ch = chunks[c];
         int64_t a = ch.first;
@@ -442,7 +444,7 @@ int nanoadam_mark(int64_t n_tensors, const int64_t *numel, const int64_t *chunk,
     int64_t n_chunks;
     Chunk *chunks = list_chunks(n_tensors, numel, chunk, k, k_rest, &n_chunks);
     if (!chunks) return 1;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const Chunk ch = chunks[c];
         const int64_t base = tensor_bits[ch.tensor] + ch.base;
@@ -495,7 +497,7 @@ int nanoadam_dense_moments(int64_t n_tensors, const int64_t *grads, const int64_
     int64_t *blocks = dense_blocks(n_tensors, numel, &n_blocks);
     if (!blocks) return 1;
     const float w1 = (float)(1.0 - beta1), b2 = (float)beta2, w2 = (float)(1.0 - beta2);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1)
     for (int64_t i = 0; i < n_blocks; i++) {
         const int64_t t = blocks[2 * i], s = blocks[2 * i + 1];
         const int64_t n = numel[t] - s < DENSE_BLOCK ? numel[t] - s : DENSE_BLOCK;
@@ -524,7 +526,7 @@ int nanoadam_dense_apply(int64_t n_tensors, const int64_t *params, const int64_t
     const float decay = (float)(1.0 - lr * weight_decay), neg_step = (float)(-step_size);
     const float bc2 = (float)bc2_sqrt, epsf = (float)eps;
     const int decays = weight_decay != 0.0;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1)
     for (int64_t i = 0; i < n_blocks; i++) {
         const int64_t t = blocks[2 * i], s = blocks[2 * i + 1];
         const int64_t n = numel[t] - s < DENSE_BLOCK ? numel[t] - s : DENSE_BLOCK;

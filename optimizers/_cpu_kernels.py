@@ -375,6 +375,48 @@ class DenseTables:
         )
 
 
+def dense_one(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    h: AdamHyper,
+) -> bool:
+    """`dense` for one contiguous fp32 CPU tensor and its own moments (fused backward updates
+    parameters one at a time): a call instead of the eight `_foreach` operations of the torch
+    path, same results."""
+    lib = library()
+    assert lib is not None
+    one = array("q", [0])
+    numel = array("q", [param.numel()])
+    g_addr, p_addr = array("q", [grad.data_ptr()]), array("q", [param.data_ptr()])
+    _check(
+        lib.nanoadam_dense_moments(
+            1,
+            g_addr.buffer_info()[0],
+            numel.buffer_info()[0],
+            one.buffer_info()[0],
+            exp_avg.data_ptr(),
+            exp_avg_sq.data_ptr(),
+            h.beta1,
+            h.beta2,
+        )
+    )
+    root = torch.sqrt(exp_avg_sq)
+    _check(
+        lib.nanoadam_dense_apply(
+            1,
+            p_addr.buffer_info()[0],
+            numel.buffer_info()[0],
+            one.buffer_info()[0],
+            exp_avg.data_ptr(),
+            root.data_ptr(),
+            *_apply_hyper(h),
+        )
+    )
+    return True
+
+
 def dense(tables: DenseTables, grads: list[torch.Tensor], h: AdamHyper) -> bool:
     """AdamW over a dense group, equal bit for bit to torch's single-tensor AdamW: a parallel
     pass updates m and v, torch takes the square roots, a second pass moves the parameters.

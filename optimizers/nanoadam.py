@@ -488,7 +488,13 @@ class NanoAdam(torch.optim.Optimizer):
             )
         else:
             s = self._dense_state(param)
-            dense_adamw([data], [grad], [s["exp_avg"]], [s["exp_avg_sq"]], rt.last)
+            m, v = s["exp_avg"], s["exp_avg_sq"]
+            if not (
+                self._cpu_kernels_for(data.device)
+                and _cpu_kernels.DenseTables.eligible([data, grad, m, v])
+                and _cpu_kernels.dense_one(data, grad, m, v, rt.last)
+            ):
+                dense_adamw([data], [grad], [m], [v], rt.last)
 
     # -- masks -----------------------------------------------------------------------------------
     def _scheduled_density(self, group: dict[str, Any], rt: _GroupRuntime) -> float:
