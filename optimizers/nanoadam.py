@@ -58,12 +58,10 @@ class _GroupRuntime:
     updated_counts: torch.Tensor | None = None  # per tensor: entries ever selected
     last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
     shared: _SharedStorage | None = None  # the flat buffer the group's parameters live in
-    # dense groups: parameters, moments, whether torch's fused AdamW applies and the CPU
-    # kernel's address tables, kept from a step where every parameter had a gradient (the state
-    # tensors do not change after that)
-    dense: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], bool, Any] | None = (
-        None
-    )
+    # dense groups: which parameters had a gradient, those parameters, their moments, whether
+    # torch's fused AdamW applies and the CPU kernel's address tables, kept while the same
+    # parameters have gradients (their state tensors do not change meanwhile)
+    dense: tuple[tuple[bool, ...], list, list, list, bool, Any] | None = None
 
 
 _ALIGN = 16  # entries: each parameter starts 64-byte aligned (fp32) inside the shared buffer
@@ -262,8 +260,12 @@ class NanoAdam(torch.optim.Optimizer):
         grads = [p.grad for p in group["params"]]
         if any(g is not None and g.is_sparse for g in grads):
             raise RuntimeError("NanoAdam does not support sparse gradients")
-        if rt.dense is not None and all(g is not None for g in grads):
-            params, exp_avgs, exp_avg_sqs, fused, tables = rt.dense  # as at the last such step
+        # Which parameters have a gradient: in continual learning, the heads of the other tasks
+        # have none, the same ones at every step of a task.
+        key = tuple(g is not None for g in grads)
+        if rt.dense is not None and rt.dense[0] == key:
+            _, params, exp_avgs, exp_avg_sqs, fused, tables = rt.dense  # as at the last step
+            grads = [g for g in grads if g is not None]
         else:
             params, exp_avgs, exp_avg_sqs, live = [], [], [], []
             for p, g in zip(group["params"], grads, strict=True):
@@ -278,16 +280,13 @@ class NanoAdam(torch.optim.Optimizer):
                 return
             fused = fused_adamw_applies(params, live)
             tables = None
-            if (
-                len(live) == len(grads)
-                and self._cpu_kernels_for(params[0].device)
-                and _cpu_kernels.DenseTables.eligible(params + exp_avgs + exp_avg_sqs)
+            if self._cpu_kernels_for(params[0].device) and _cpu_kernels.DenseTables.eligible(
+                params + exp_avgs + exp_avg_sqs
             ):
                 tables = _cpu_kernels.DenseTables(params, self.state)
                 exp_avgs = [self.state[p]["exp_avg"] for p in params]
                 exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-            if len(live) == len(grads):
-                rt.dense = (params, exp_avgs, exp_avg_sqs, fused, tables)
+            rt.dense = (key, params, exp_avgs, exp_avg_sqs, fused, tables)
             grads = live
         h = self._begin_step(group, rt)
         if (

@@ -12,7 +12,7 @@ from _tiny import native_batches as _batches
 from _tiny import tiny_vit as _vit
 from _tiny import train as _train
 
-from optimizers import NanoAdam, _cpu_kernels
+from optimizers import NanoAdam, _cpu_kernels, param_groups
 from optimizers._nanoadam_functional import AdamHyper, FlatLayout, sparse_adamw_reference
 from optimizers._selection import chunk_layout, chunk_offsets, offset_dtype
 from optimizers.nanoadam import _carry_moments, _GroupRuntime, _mark_updated
@@ -313,3 +313,36 @@ def test_dense_kernel_is_torch_per_tensor_adamw(threads, weight_decay):
         assert torch.equal(p, q)
         assert torch.equal(adamw.state[p]["exp_avg_sq"], state[q]["exp_avg_sq"])
     assert state[b[3]]["exp_avg"].data_ptr() == tables.exp_avg.data_ptr() + 4 * (7 + 64 + 15)
+
+
+def test_dense_kernel_with_heads_that_have_no_gradient():
+    """Continual learning: the optimizer holds every task's head, only the current one gets
+    gradients. The dense kernel still runs (on the parameters that have one), equal bit for bit
+    to the torch path, and the idle head stays untouched; switching heads rebuilds the tables."""
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32))
+    heads = torch.nn.ModuleList([torch.nn.Linear(32, 3), torch.nn.Linear(32, 4)])
+    base = torch.nn.ModuleDict({"trunk": trunk, "heads": heads})
+    models = [base, copy.deepcopy(base)]
+    opts = []
+    for model, backend in zip(models, ("auto", "torch"), strict=True):
+        groups = param_groups(model, dense=[model["heads"]])
+        opt = NanoAdam(groups, lr=1e-2, density=0.25, mask_interval=3)
+        opt.backend = backend
+        opts.append(opt)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 16, generator=gen), t) for t in (0, 0, 0, 1, 1, 0)]
+    idle_before = models[0]["heads"][1].weight.detach().clone()
+    for step, (x, task) in enumerate(batches):
+        for model, opt in zip(models, opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            model["heads"][task](model["trunk"](x)).square().mean().backward()
+            opt.step()
+        if step == 2:  # head 1 has had no gradient so far
+            assert torch.equal(models[0]["heads"][1].weight, idle_before)
+    runtimes = zip(opts[0].param_groups, opts[0]._runtime, strict=True)
+    dense = [rt.dense for group, rt in runtimes if not group["sparse"]]
+    assert dense[0][-1] is not None  # the kernel's tables, for the current head
+    assert len(dense[0][1]) == 4  # LayerNorm weight and bias, head 0's weight and bias
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q)
