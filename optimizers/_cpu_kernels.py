@@ -375,6 +375,45 @@ class DenseTables:
         )
 
 
+def _dense_passes(
+    params: array,
+    grads: array,
+    numel: array,
+    first: array,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    h: AdamHyper,
+) -> None:
+    """The two passes of the dense step around torch's square root (see `dense`)."""
+    lib = library()
+    assert lib is not None
+    n, numel_ptr, first_ptr = len(numel), numel.buffer_info()[0], first.buffer_info()[0]
+    _check(
+        lib.nanoadam_dense_moments(
+            n,
+            grads.buffer_info()[0],
+            numel_ptr,
+            first_ptr,
+            exp_avg.data_ptr(),
+            exp_avg_sq.data_ptr(),
+            h.beta1,
+            h.beta2,
+        )
+    )
+    root = torch.sqrt(exp_avg_sq)
+    _check(
+        lib.nanoadam_dense_apply(
+            n,
+            params.buffer_info()[0],
+            numel_ptr,
+            first_ptr,
+            exp_avg.data_ptr(),
+            root.data_ptr(),
+            *_apply_hyper(h),
+        )
+    )
+
+
 def dense_one(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -385,35 +424,9 @@ def dense_one(
     """`dense` for one contiguous fp32 CPU tensor and its own moments (fused backward updates
     parameters one at a time): a call instead of the eight `_foreach` operations of the torch
     path, same results."""
-    lib = library()
-    assert lib is not None
-    one = array("q", [0])
-    numel = array("q", [param.numel()])
-    g_addr, p_addr = array("q", [grad.data_ptr()]), array("q", [param.data_ptr()])
-    _check(
-        lib.nanoadam_dense_moments(
-            1,
-            g_addr.buffer_info()[0],
-            numel.buffer_info()[0],
-            one.buffer_info()[0],
-            exp_avg.data_ptr(),
-            exp_avg_sq.data_ptr(),
-            h.beta1,
-            h.beta2,
-        )
-    )
-    root = torch.sqrt(exp_avg_sq)
-    _check(
-        lib.nanoadam_dense_apply(
-            1,
-            p_addr.buffer_info()[0],
-            numel.buffer_info()[0],
-            one.buffer_info()[0],
-            exp_avg.data_ptr(),
-            root.data_ptr(),
-            *_apply_hyper(h),
-        )
-    )
+    p_addr, g_addr = array("q", [param.data_ptr()]), array("q", [grad.data_ptr()])
+    numel, first = array("q", [param.numel()]), array("q", [0])
+    _dense_passes(p_addr, g_addr, numel, first, exp_avg, exp_avg_sq, h)
     return True
 
 
@@ -421,30 +434,13 @@ def dense(tables: DenseTables, grads: list[torch.Tensor], h: AdamHyper) -> bool:
     """AdamW over a dense group, equal bit for bit to torch's single-tensor AdamW: a parallel
     pass updates m and v, torch takes the square roots, a second pass moves the parameters.
     False, doing nothing, when a gradient is not contiguous."""
-    lib = library()
-    assert lib is not None and len(grads) == len(tables.numel)
+    assert len(grads) == len(tables.numel)
     g_addr = array("q")
     for g in grads:
         if not g.is_contiguous():
             return False
         g_addr.append(g.data_ptr())
-    n, numel, first = len(grads), tables.numel.buffer_info()[0], tables.first.buffer_info()[0]
-    m, v = tables.exp_avg, tables.exp_avg_sq
-    _check(
-        lib.nanoadam_dense_moments(
-            n, g_addr.buffer_info()[0], numel, first, m.data_ptr(), v.data_ptr(), h.beta1, h.beta2
-        )
-    )
-    root = torch.sqrt(v)
-    _check(
-        lib.nanoadam_dense_apply(
-            n,
-            tables.params.buffer_info()[0],
-            numel,
-            first,
-            m.data_ptr(),
-            root.data_ptr(),
-            *_apply_hyper(h),
-        )
+    _dense_passes(
+        tables.params, g_addr, tables.numel, tables.first, tables.exp_avg, tables.exp_avg_sq, h
     )
     return True
