@@ -36,7 +36,6 @@ def _flags() -> list[str]:
     source asks for one (`fmaf`, as torch's vectorised lerp does), and hardware FMA where the
     CPU has it (the library is built on the machine that runs it)."""
     flags = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off"]
-    flags.append("-fno-math-errno")  # lets sqrtf vectorise (nothing reads errno)
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -140,14 +139,23 @@ class Tables:
     arrays (not optimizer state: they are rebuilt from the layouts)."""
 
     def __init__(self, layouts: list[ChunkLayout]) -> None:
+        self.layouts = layouts
         self.n = len(layouts)
         self.numel = array("q", [lay.numel for lay in layouts])
         self.chunk = array("q", [lay.chunk for lay in layouts])
         self.k = array("q", [lay.k for lay in layouts])
         self.k_rest = array("q", [lay.k_rest for lay in layouts])
+        self._single: dict[int, Tables] = {}
 
     def pointers(self) -> list[int]:
         return [a.buffer_info()[0] for a in (self.numel, self.chunk, self.k, self.k_rest)]
+
+    def single(self, i: int) -> Tables:
+        """The tables of tensor i alone (fused backward updates one tensor at a time), built
+        once per layout."""
+        if i not in self._single:
+            self._single[i] = Tables([self.layouts[i]])
+        return self._single[i]
 
 
 def _addresses(tensors: list[torch.Tensor]) -> array:
@@ -364,7 +372,7 @@ class DenseTables:
 
     @staticmethod
     def eligible(tensors: list[torch.Tensor]) -> bool:
-        return all(t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+        return usable(tensors) and all(t.is_contiguous() for t in tensors)
 
     def holds(self, params: list[torch.Tensor], state: dict) -> bool:
         """Whether the parameters are still where they were, and their moments still views of

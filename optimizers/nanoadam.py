@@ -471,7 +471,7 @@ class NanoAdam(torch.optim.Optimizer):
             inputs = self._cpu_kernel_inputs([data], [grad], rt, whole_group=False)
             if inputs is not None:
                 p_addr, g_addr, _keep = inputs
-                tables = _cpu_kernels.Tables([rt.flat.layouts[i]])
+                tables = rt.tables.single(i)
                 _cpu_kernels.step(
                     p_addr, g_addr, tables, s["offsets"], s["exp_avg"], s["exp_avg_sq"], rt.last
                 )
@@ -560,7 +560,8 @@ class NanoAdam(torch.optim.Optimizer):
         self._expose_state(group, rt)
 
     def _cpu_kernels_for(self, device: torch.device) -> bool:
-        """Whether the refresh of a group on `device` uses the compiled CPU kernels."""
+        """Whether tensors on `device` go through the compiled CPU kernels (backends "auto"
+        and "cpu", kernels built here); each caller adds what its kernel needs."""
         return self.backend in ("auto", "cpu") and device.type == "cpu" and _cpu_kernels.available()
 
     def _select_on_cpu_kernels(
