@@ -65,7 +65,9 @@ def _sparse_adamw_kernel(
     if HAS_WEIGHT_DECAY:
         p = (p.to(tl.float32) * decay + delta).to(PARAM_DTYPE)
     else:
-        p = p + delta.to(PARAM_DTYPE)
+        # as the torch path: the update rounded to the parameter's dtype, then added in fp32
+        # (spelled out: Triton's interpreter adds bf16 values wrongly)
+        p = (p.to(tl.float32) + delta.to(PARAM_DTYPE).to(tl.float32)).to(PARAM_DTYPE)
     tl.store(p_ptr + idx, p, mask=live)
     tl.store(exp_avg + e, m.to(exp_avg.dtype.element_ty), mask=live)
     tl.store(exp_avg_sq + e, v.to(exp_avg_sq.dtype.element_ty), mask=live)
