@@ -60,6 +60,11 @@ def bench(
     repeats: int = typer.Option(
         None, help=f"timed turns per contender (default {DEFAULTS.repeats})"
     ),
+    rounds: int = typer.Option(
+        None,
+        help="rounds of NanoAdam's step against AdamW, spread over the run; its targets take "
+        f"their median (default {DEFAULTS.step_rounds})",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's)"),
     batch_size: int = typer.Option(
@@ -81,6 +86,7 @@ def bench(
         "optimizers": _names(opt),
         "scaling": _names(scaling),
         "repeats": repeats,
+        "step_rounds": rounds,
         "threads": threads,
         "batch_size": batch_size,
         "image_size": image_size,
@@ -113,7 +119,11 @@ def _check(cfg: BenchConfig, registered: dict) -> None:
         )
     if not cfg.models:
         raise UserError("--model: name at least one model, e.g. --model resnet18")
-    for name, value in (("--repeats", cfg.repeats), ("--batch-size", cfg.batch_size)):
+    for name, value in (
+        ("--repeats", cfg.repeats),
+        ("--rounds", cfg.step_rounds),
+        ("--batch-size", cfg.batch_size),
+    ):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     if cfg.image_size < 8:
