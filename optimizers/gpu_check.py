@@ -1,6 +1,6 @@
 """NanoAdam's Triton step against its torch path, on the device that will run it.
 
-    python -m optimizers.gpu_check [--device cuda] [--out DIR]
+    python -m optimizers.gpu_check [--device cuda] [--out DIR] [--benchmark MODEL ...]
 
 For each combination of parameter dtype (fp32, bf16), moment dtype (fp32, bf16) and weight decay
 (0, 0.1), two copies of the same parameters (tensors with several chunks, a short last chunk, a
@@ -12,8 +12,9 @@ and the Triton copy must have taken one kernel launch per step of its sparse gro
 with `--out`, writes ``gpu_check.json`` and ``gpu_check.md`` there. Exit status 0 when every case
 agrees, 1 when one does not, 2 when the device or Triton is missing.
 
-Step times on the device come from `python -m optimizers.benchmark --device cuda --dtype bfloat16`
-and `clbench bench --device cuda`; `docs/gpu.md` lists the whole check.
+With `--benchmark MODEL ...` it also times NanoAdam's step against torch's AdamW on those timm
+models' parameters (`optimizers.benchmark`, bf16 by default: `--dtype`). `clbench bench --device
+cuda` measures the rest; `docs/gpu.md` lists the whole check.
 """
 
 from __future__ import annotations
@@ -210,11 +211,49 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def step_times(
+    device: torch.device, models: list[str], dtype: torch.dtype, repetitions: int
+) -> tuple[list[dict], str]:
+    """`optimizers.benchmark.benchmark_model` on each timm model (parameters in `dtype`,
+    density 1%, a refresh every 100 steps): the results and a Markdown table of them."""
+    from .benchmark import benchmark_model
+
+    results = [benchmark_model(m, device, dtype, repetitions, 0.01, 100) for m in models]
+    lines = [
+        "",
+        f"## NanoAdam's step against the best torch AdamW ({str(dtype).removeprefix('torch.')} "
+        f"parameters, density 1%, refresh every 100 steps, median of {repetitions} steps)",
+        "",
+        "| model | parameters | best AdamW | NanoAdam step | refresh step | amortized "
+        "| amortized / AdamW | refresh / AdamW step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        best = r["best_adamw"]
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['adamw_ms'][best]:.3f} ms ({best}) "
+            f"| {r['nanoadam_step_ms']:.3f} ms | {r['nanoadam_refresh_step_ms']:.3f} ms "
+            f"| {r['nanoadam_amortized_ms']:.3f} ms | {r['ratio_amortized_vs_best_adamw']:.3f} "
+            f"| {r['refresh_vs_adamw_step']:.2f} |"
+        )
+    return results, "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=7, help="steps per case (default 7)")
     parser.add_argument("--out", type=Path, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument(
+        "--benchmark",
+        nargs="+",
+        metavar="MODEL",
+        default=[],
+        help="also time NanoAdam against torch's AdamW on these timm models' parameters, e.g. "
+        "resnet18 vit_small_patch16_224 vit_large_patch16_224",
+    )
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--repetitions", type=int, default=20, help="timed steps per optimizer")
     args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -227,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = cases(device, args.steps)
     text = markdown(results, device)
+    timings: list[dict] = []
+    if args.benchmark:
+        timings, table = step_times(
+            device, args.benchmark, getattr(torch, args.dtype), args.repetitions
+        )
+        text += table
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu_check.md").write_text(text)
-        (args.out / "gpu_check.json").write_text(
-            json.dumps({"device": str(device), "cases": [asdict(c) for c in results]}, indent=2)
-        )
+        record = {"device": str(device), "cases": [asdict(c) for c in results], "steps": timings}
+        (args.out / "gpu_check.json").write_text(json.dumps(record, indent=2))
     return 0 if all(c.agrees for c in results) else 1
 
 

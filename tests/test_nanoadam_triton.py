@@ -39,17 +39,21 @@ def test_triton_step_matches_torch_step_under_the_interpreter(tmp_path):
     """fp32 and bf16 parameters and moments, with and without weight decay: parameters, masks
     and moments agree, over two refreshes with carried moments in fp32, and the sparse group
     takes one kernel launch per step."""
-    done = _check(tmp_path, True, "--out", str(tmp_path / "out"))
+    timing = ["--benchmark", "test_vit", "--repetitions", "1", "--dtype", "float32"]
+    done = _check(tmp_path, True, "--out", str(tmp_path / "out"), *timing)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    cases = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["cases"]
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    cases = record["cases"]
     kinds = {(c["param_dtype"], c["state_dtype"], c["weight_decay"]) for c in cases}
     assert len(kinds) == len(cases) == 8
     assert all(c["agrees"] and c["masks_equal"] and c["launches"] == c["steps"] for c in cases)
     assert max(c["steps"] for c in cases) == 7
-    assert (
-        "| float32 | float32 | 0.1 | 7 | 7 | yes |"
-        in (tmp_path / "out" / "gpu_check.md").read_text()
-    )
+    page = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "| float32 | float32 | 0.1 | 7 | 7 | yes |" in page
+    # --benchmark: NanoAdam's step against torch's AdamW on the model's parameters
+    (timed,) = record["steps"]
+    assert timed["model"] == "test_vit" and 0 < timed["ratio_amortized_vs_best_adamw"]
+    assert "| test_vit |" in page
 
 
 def test_gpu_check_without_a_device_says_what_to_do(tmp_path):
