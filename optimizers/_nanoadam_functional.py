@@ -15,6 +15,7 @@ Moments are stored in any floating dtype (bfloat16 by default); the arithmetic i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +87,7 @@ class FlatLayout:
     def sizes(self) -> list[int]:
         return [lay.selected for lay in self.layouts]
 
-    @property
+    @functools.cached_property
     def max_selected(self) -> int:
         return max((lay.selected for lay in self.layouts), default=0)
 

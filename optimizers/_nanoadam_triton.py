@@ -73,19 +73,45 @@ def _sparse_adamw_kernel(
     tl.store(exp_avg_sq + e, v.to(exp_avg_sq.dtype.element_ty), mask=live)
 
 
-def supports(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
-    """Whether the kernel can take this group: one parameter dtype, one gradient dtype."""
-    return (
-        bool(params)
-        and len({p.dtype for p in params}) == 1
-        and len({g.dtype for g in grads}) == 1
-        and params[0].dtype in _TL_DTYPES
-        and grads[0].dtype in _TL_DTYPES
-    )
+def supports(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> bool:
+    """Whether the kernel takes parameters and gradients of these dtypes (one of each)."""
+    return param_dtype in _TL_DTYPES and grad_dtype in _TL_DTYPES
 
 
-def _addresses(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
+class Addresses:
+    """The kernel's tables of parameter and gradient addresses, kept on the device and uploaded
+    again only when an address changed: a group's parameters stay put, and on a GPU the caching
+    allocator tends to hand the gradients the same memory at every step. One pass over the
+    tensors per step (a few hundred on a ViT-L), without a view or an upload per step."""
+
+    def __init__(self) -> None:
+        self._host: tuple[list[int], list[int]] | None = None
+        self._device: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def gather(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(parameter addresses, gradient addresses, reordered gradient copies that must live
+        until the kernel has run), the entries of each in the parameter's memory order."""
+        p_ptrs, g_ptrs, keep = [], [], []
+        for p, g in zip(params, grads, strict=True):
+            if p.is_contiguous() and g.is_contiguous():
+                p_ptrs.append(p.data_ptr())
+                g_ptrs.append(g.data_ptr())
+            else:  # e.g. channels-last: flat_view checks the entries are dense in memory
+                flat_g = flat_like(g, p)
+                keep.append(flat_g)
+                p_ptrs.append(flat_view(p).data_ptr())
+                g_ptrs.append(flat_g.data_ptr())
+        if self._device is None or self._host != (p_ptrs, g_ptrs):
+            device = params[0].device
+            self._host = (p_ptrs, g_ptrs)
+            self._device = (_addresses(p_ptrs, device), _addresses(g_ptrs, device))
+        return (*self._device, keep)
+
+
+def _addresses(pointers: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(pointers, dtype=torch.int64, device=device)
 
 
 def sparse_adamw_triton(
@@ -96,17 +122,17 @@ def sparse_adamw_triton(
     exp_avg_sq: torch.Tensor,
     layout: FlatLayout,
     h: AdamHyper,
+    addresses: Addresses | None = None,
 ) -> None:
-    """`_nanoadam_functional.sparse_adamw_flat`, fused into one launch."""
+    """`_nanoadam_functional.sparse_adamw_flat`, fused into one launch. One parameter dtype and
+    one gradient dtype (`supports`); `addresses` keeps the address tables between steps."""
     blocks = triton.cdiv(layout.max_selected, BLOCK)
     if blocks == 0:
         return
-    flat_params = [flat_view(p) for p in params]
-    flat_grads = [flat_like(g, p) for g, p in zip(grads, params, strict=True)]
-    device = offsets.device
+    param_addrs, grad_addrs, _keep = (addresses or Addresses()).gather(params, grads)
     _sparse_adamw_kernel[(blocks, len(params))](
-        _addresses(flat_params, device),
-        _addresses(flat_grads, device),
+        param_addrs,
+        grad_addrs,
         offsets,
         exp_avg,
         exp_avg_sq,

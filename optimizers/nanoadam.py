@@ -58,6 +58,7 @@ class _GroupRuntime:
     updated_counts: torch.Tensor | None = None  # per tensor: entries ever selected
     last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
     shared: _SharedStorage | None = None  # the flat buffer the group's parameters live in
+    triton: Any = None  # the Triton step's address tables (`_nanoadam_triton.Addresses`)
     # dense groups: which parameters had a gradient, those parameters, their moments, whether
     # torch's fused AdamW applies and the CPU kernel's address tables, kept while the same
     # parameters have gradients (their state tensors do not change meanwhile)
@@ -355,9 +356,13 @@ class NanoAdam(torch.optim.Optimizer):
                 h,
             )
         elif self._use_triton(params, grads):
-            from ._nanoadam_triton import sparse_adamw_triton
+            from ._nanoadam_triton import Addresses, sparse_adamw_triton
 
-            sparse_adamw_triton(params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h)
+            if rt.triton is None:
+                rt.triton = Addresses()
+            sparse_adamw_triton(
+                params, grads, rt.offsets, rt.exp_avg, rt.exp_avg_sq, rt.flat, h, rt.triton
+            )
         elif rt.shared is not None:
             # Rebuilt every step (a few microseconds) rather than kept: a persistent table
             # would be optimizer state (8 bytes per tensor) that `state_bytes` does not count.
@@ -424,7 +429,7 @@ class NanoAdam(torch.optim.Optimizer):
             if self.backend == "triton":
                 raise
             return False
-        ok = supports(params, grads)
+        ok = supports(params[0].dtype, grads[0].dtype)  # uniform dtypes: checked by the caller
         if self.backend == "triton" and not ok:
             raise RuntimeError("the Triton path needs one parameter dtype and one gradient dtype")
         return ok

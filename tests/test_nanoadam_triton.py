@@ -63,3 +63,30 @@ def test_gpu_check_without_a_device_says_what_to_do(tmp_path):
         "error: Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_address_tables_are_uploaded_again_only_when_an_address_changes():
+    """The Triton step keeps its tables of parameter and gradient addresses on the device
+    between steps, and builds new ones when a tensor moved."""
+    import torch
+
+    from optimizers._nanoadam_triton import Addresses
+
+    params = [torch.zeros(3, 4), torch.zeros(5)]
+    grads = [torch.ones(3, 4), torch.ones(5)]
+    table = Addresses()
+    p1, g1, keep = table.gather(params, grads)
+    assert p1.tolist() == [p.data_ptr() for p in params]
+    assert g1.tolist() == [g.data_ptr() for g in grads] and keep == []
+    p2, g2, _ = table.gather(params, grads)
+    assert p2 is p1 and g2 is g1  # nothing moved: the same tables
+    moved = grads[1]
+    grads[1] = torch.ones(5)  # `moved` still holds the old memory: a new address
+    _, g3, _ = table.gather(params, grads)
+    assert g3 is not g1 and g3.tolist() == [g.data_ptr() for g in grads]
+    # a channels-last gradient of a contiguous parameter: read through a reordered copy
+    w = torch.zeros(2, 3, 4, 4)
+    gw = torch.arange(96.0).view(2, 3, 4, 4).to(memory_format=torch.channels_last)
+    _, g4, keep = table.gather([w], [gw])
+    assert len(keep) == 1 and g4.tolist() == [keep[0].data_ptr()]
+    assert torch.equal(keep[0], gw.reshape(-1)) and moved.numel() == 5
