@@ -8,7 +8,9 @@ scalar, and a dense group) take the same steps with the same gradients, one thro
 Triton kernel and one through the torch path, refreshing the mask every 3 steps (7 steps in fp32,
 one where anything is bf16: see `cases`). The parameters,
 the masks and the moments must agree (masks exactly; values within tolerances set by the dtypes),
-and the Triton copy must have taken one kernel launch per step of its sparse group. Prints a table;
+and the Triton copy must have taken one kernel launch per step of its sparse group. Two more
+cases run the Triton copy inside backward (`optimizers.FusedBackward`: one launch per sparse
+tensor) against the torch path's usual step. Prints a table;
 with `--out`, writes ``gpu_check.json`` and ``gpu_check.md`` there. Exit status 0 when every case
 agrees, 1 when one does not, 2 when the device or Triton is missing.
 
@@ -58,6 +60,7 @@ class Case:
     param_dtype: str
     state_dtype: str
     weight_decay: float
+    fused_backward: bool  # the Triton copy updates inside backward, tensor by tensor
     steps: int
     launches: int  # Triton launches counted for the sparse group
     masks_equal: bool
@@ -80,9 +83,13 @@ def compare(
     weight_decay: float = 0.0,
     steps: int = 7,
     mask_interval: int = 3,
+    fused_backward: bool = False,
 ) -> Case:
-    """Run both paths on the same parameters and gradients; see the module docstring."""
+    """Run both paths on the same parameters and gradients; see the module docstring. With
+    `fused_backward`, the Triton copy steps inside backward (`optimizers.FusedBackward`), one
+    launch per sparse tensor, against the torch path's usual step."""
     from . import _nanoadam_triton as fused
+    from .fused_backward import FusedBackward
 
     start = _copies(param_dtype, device)
     runs = []
@@ -108,18 +115,27 @@ def compare(
                 chunk_size=1024,
             )
             opt.backend = backend
+            inside = FusedBackward(opt) if fused_backward and backend == "triton" else None
             generator = torch.Generator().manual_seed(1)
             for _ in range(steps):
-                for p in params:
-                    p.grad = torch.randn(p.shape, generator=generator).to(device, param_dtype)
+                grads = [
+                    torch.randn(p.shape, generator=generator).to(device, param_dtype)
+                    for p in params
+                ]
+                if inside is not None:  # d/dp of sum(p * g) is g
+                    inside.backward(sum((p * g).sum() for p, g in zip(params, grads, strict=True)))
+                    continue
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
                 opt.step()
             runs.append((params, opt))
     finally:
         fused.sparse_adamw_triton = kernel_step
     (pa, oa), (pb, ob) = runs
     problems = []
-    if len(launches) != steps:
-        problems.append(f"{len(launches)} Triton launches for {steps} steps")
+    expected = steps * (len(SPARSE_SHAPES) if fused_backward else 1)
+    if len(launches) != expected:
+        problems.append(f"{len(launches)} Triton launches for {steps} steps, not {expected}")
     moved = all(not torch.equal(p, s) for p, s in zip(pb, start, strict=True))
     if not moved:
         problems.append("a parameter did not move")
@@ -147,6 +163,7 @@ def compare(
         param_dtype=str(param_dtype).removeprefix("torch."),
         state_dtype=str(state_dtype).removeprefix("torch."),
         weight_decay=weight_decay,
+        fused_backward=fused_backward,
         steps=steps,
         launches=len(launches),
         masks_equal=masks_equal,
@@ -163,13 +180,18 @@ def cases(device: torch.device, steps: int = 7) -> list[Case]:
     either is bf16. Over several steps, two correct paths drift apart in bf16: where their fp32
     results differ by reassociation, a stored bf16 value can round to either side, and from the
     next refresh on the masks (chosen by the parameters' magnitudes) differ too."""
-    return [
+    usual = [
         compare(device, param_dtype, state_dtype, weight_decay, steps if exact else 1)
         for param_dtype in (torch.float32, torch.bfloat16)
         for state_dtype in (torch.float32, torch.bfloat16)
         for weight_decay in (0.0, 0.1)
         for exact in [param_dtype == state_dtype == torch.float32]
     ]
+    inside_backward = [
+        compare(device, torch.float32, torch.float32, 0.1, steps, fused_backward=True),
+        compare(device, torch.bfloat16, torch.bfloat16, 0.1, 1, fused_backward=True),
+    ]
+    return usual + inside_backward
 
 
 def markdown(results: list[Case], device: torch.device) -> str:
@@ -180,14 +202,15 @@ def markdown(results: list[Case], device: torch.device) -> str:
         f"Device {name}, torch {torch.__version__}; a refresh every 3 steps, density 5%, "
         "chunks of 1024.",
         "",
-        "| params | moments | weight decay | steps | launches | masks equal | max abs diff params "
-        "| max abs diff moments | agrees |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| params | moments | weight decay | step | steps | launches | masks equal "
+        "| max abs diff params | max abs diff moments | agrees |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results:
         verdict = "yes" if c.agrees else f"NO: {c.problem}"
         lines.append(
-            f"| {c.param_dtype} | {c.state_dtype} | {c.weight_decay} | {c.steps} | {c.launches} "
+            f"| {c.param_dtype} | {c.state_dtype} | {c.weight_decay} "
+            f"| {'inside backward' if c.fused_backward else 'usual'} | {c.steps} | {c.launches} "
             f"| {'yes' if c.masks_equal else 'no'} | {c.params_max_abs_diff:.3g} "
             f"| {c.moments_max_abs_diff:.3g} | {verdict} |"
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,6 +59,10 @@ class _GroupRuntime:
     last: AdamHyper | None = None  # hyperparameters of the last step (for the effective LR)
     shared: _SharedStorage | None = None  # the flat buffer the group's parameters live in
     triton: Any = None  # the Triton step's address tables (`_nanoadam_triton.Addresses`)
+    # fused backward's Triton step, tensor by tensor: one-tensor layouts (by layout) and address
+    # tables (by parameter index)
+    single_flat: dict = field(default_factory=dict)
+    single_addresses: dict = field(default_factory=dict)
     # dense groups: which parameters had a gradient, those parameters, their moments, whether
     # torch's fused AdamW applies and the CPU kernel's address tables, kept while the same
     # parameters have gradients (their state tensors do not change meanwhile)
@@ -481,6 +485,9 @@ class NanoAdam(torch.optim.Optimizer):
                     p_addr, g_addr, tables, s["offsets"], s["exp_avg"], s["exp_avg_sq"], rt.last
                 )
                 return
+            if self._use_triton([data], [grad]):
+                self._triton_one(rt, i, data, grad, s)
+                return
             sparse_adamw_reference(
                 [data],
                 [grad],
@@ -499,6 +506,23 @@ class NanoAdam(torch.optim.Optimizer):
                 and _cpu_kernels.dense_one(data, grad, m, v, rt.last)
             ):
                 dense_adamw([data], [grad], [m], [v], rt.last)
+
+    @staticmethod
+    def _triton_one(
+        rt: _GroupRuntime, i: int, data: torch.Tensor, grad: torch.Tensor, s: dict
+    ) -> None:
+        """The Triton step on parameter i of a group alone (fused backward): one launch, with
+        its one-tensor layout and address tables kept between steps."""
+        from ._nanoadam_triton import Addresses, sparse_adamw_triton
+
+        layout = rt.flat.layouts[i]
+        flat = rt.single_flat.get(layout)
+        if flat is None:
+            flat = rt.single_flat[layout] = FlatLayout.build([layout], data.device)
+        addresses = rt.single_addresses.setdefault(i, Addresses())
+        sparse_adamw_triton(
+            [data], [grad], s["offsets"], s["exp_avg"], s["exp_avg_sq"], flat, rt.last, addresses
+        )
 
     # -- masks -----------------------------------------------------------------------------------
     def _scheduled_density(self, group: dict[str, Any], rt: _GroupRuntime) -> float:

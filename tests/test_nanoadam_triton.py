@@ -36,20 +36,28 @@ def _check(tmp_path: Path, interpret: bool, *args: str) -> subprocess.CompletedP
 
 
 def test_triton_step_matches_torch_step_under_the_interpreter(tmp_path):
-    """fp32 and bf16 parameters and moments, with and without weight decay: parameters, masks
-    and moments agree, over two refreshes with carried moments in fp32, and the sparse group
-    takes one kernel launch per step."""
+    """fp32 and bf16 parameters and moments, with and without weight decay, and inside backward
+    (fused backward): parameters, masks and moments agree, over two refreshes with carried
+    moments in fp32; the sparse group takes one kernel launch per step, or per tensor inside
+    backward."""
     timing = ["--benchmark", "test_vit", "--repetitions", "1", "--dtype", "float32"]
     done = _check(tmp_path, True, "--out", str(tmp_path / "out"), *timing)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     cases = record["cases"]
     kinds = {(c["param_dtype"], c["state_dtype"], c["weight_decay"]) for c in cases}
-    assert len(kinds) == len(cases) == 8
-    assert all(c["agrees"] and c["masks_equal"] and c["launches"] == c["steps"] for c in cases)
-    assert max(c["steps"] for c in cases) == 7
+    assert len(kinds) == 8 and len(cases) == 10
+    assert all(c["agrees"] and c["masks_equal"] for c in cases)
+    usual = [c for c in cases if not c["fused_backward"]]
+    assert all(c["launches"] == c["steps"] for c in usual)  # one launch per step
+    assert max(c["steps"] for c in usual) == 7
+    # inside backward (fused backward): one launch per sparse tensor (3 here) and step
+    inside = [c for c in cases if c["fused_backward"]]
+    assert len(inside) == 2 and all(c["launches"] == 3 * c["steps"] for c in inside)
+    assert max(c["steps"] for c in inside) == 7
     page = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert "| float32 | float32 | 0.1 | 7 | 7 | yes |" in page
+    assert "| float32 | float32 | 0.1 | usual | 7 | 7 | yes |" in page
+    assert "| float32 | float32 | 0.1 | inside backward | 7 | 21 | yes |" in page
     # --benchmark: NanoAdam's step against torch's AdamW on the model's parameters
     (timed,) = record["steps"]
     assert timed["model"] == "test_vit" and 0 < timed["ratio_amortized_vs_best_adamw"]
