@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ._nanoadam_functional import AdamHyper
-from ._selection import ChunkLayout, flat_like, flat_view
+from ._selection import ChunkLayout, flat_like, memory_order_addresses
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.c")
 
@@ -173,19 +173,10 @@ def flat_inputs(
     """The addresses of the memory-order data of fp32 CPU `params` and `grads` (see
     `_selection.flat_like`), and any reordered gradient copies, which must outlive the kernel
     call; None if a tensor is not fp32 on the CPU."""
-    p_addr, g_addr, keep = array("q"), array("q"), []
-    for p, g in zip(params, grads, strict=True):
-        if not (p.is_cpu and g.is_cpu and p.dtype == torch.float32 and g.dtype == torch.float32):
-            return None
-        if p.is_contiguous() and g.is_contiguous():
-            p_addr.append(p.data_ptr())
-            g_addr.append(g.data_ptr())
-        else:  # e.g. channels-last: flat_view checks the entries are dense in memory
-            flat_g = flat_like(g, p)
-            keep.append(flat_g)
-            p_addr.append(flat_view(p).data_ptr())
-            g_addr.append(flat_g.data_ptr())
-    return p_addr, g_addr, keep
+    if not (usable(params) and usable(grads)):
+        return None
+    p_addr, g_addr, keep = memory_order_addresses(params, grads)
+    return array("q", p_addr), array("q", g_addr), keep
 
 
 def grad_inputs(

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._nanoadam_functional import AdamHyper, FlatLayout
-from ._selection import flat_like, flat_view
+from ._selection import memory_order_addresses
 
 BLOCK = 512
 
@@ -93,16 +93,7 @@ class Addresses:
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(parameter addresses, gradient addresses, reordered gradient copies that must live
         until the kernel has run), the entries of each in the parameter's memory order."""
-        p_ptrs, g_ptrs, keep = [], [], []
-        for p, g in zip(params, grads, strict=True):
-            if p.is_contiguous() and g.is_contiguous():
-                p_ptrs.append(p.data_ptr())
-                g_ptrs.append(g.data_ptr())
-            else:  # e.g. channels-last: flat_view checks the entries are dense in memory
-                flat_g = flat_like(g, p)
-                keep.append(flat_g)
-                p_ptrs.append(flat_view(p).data_ptr())
-                g_ptrs.append(flat_g.data_ptr())
+        p_ptrs, g_ptrs, keep = memory_order_addresses(params, grads)
         if self._device is None or self._host != (p_ptrs, g_ptrs):
             device = params[0].device
             self._host = (p_ptrs, g_ptrs)

@@ -256,6 +256,25 @@ def flat_view(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.numel(),), (1,))
 
 
+def memory_order_addresses(
+    params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[list[int], list[int], list[torch.Tensor]]:
+    """The addresses of the parameters' and the gradients' entries in each parameter's memory
+    order (`flat_view`, `flat_like`), and the reordered gradient copies made for that, which
+    must outlive the addresses' use. One pass, no view for contiguous tensors."""
+    p_ptrs, g_ptrs, keep = [], [], []
+    for p, g in zip(params, grads, strict=True):
+        if p.is_contiguous() and g.is_contiguous():
+            p_ptrs.append(p.data_ptr())
+            g_ptrs.append(g.data_ptr())
+        else:  # e.g. channels-last: flat_view checks the entries are dense in memory
+            flat_g = flat_like(g, p)
+            keep.append(flat_g)
+            p_ptrs.append(flat_view(p).data_ptr())
+            g_ptrs.append(flat_g.data_ptr())
+    return p_ptrs, g_ptrs, keep
+
+
 def flat_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """`t` (a gradient) flattened in the memory order of `ref` (its parameter)."""
     if t.is_contiguous() and ref.is_contiguous():
