@@ -230,6 +230,19 @@ def _unavailable(device: torch.device) -> str | None:
     return None
 
 
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (checked before any work), or None."""
+    import timm
+
+    for name, value in (("--steps", args.steps), ("--repetitions", args.repetitions)):
+        if value < 1:
+            return f"{name} must be at least 1, got {value}"
+    unknown = [m for m in args.benchmark if not timm.is_model(m)]
+    if unknown:
+        return f"unknown timm model {unknown[0]!r}: pass a name from timm.list_models()"
+    return None
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -283,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         print(f"error: unknown device {args.device!r}: use cuda, cuda:N or cpu", file=sys.stderr)
         return 2
-    reason = _unavailable(device)
+    reason = _unavailable(device) or _bad_arguments(args)
     if reason:
         print(f"error: {reason}", file=sys.stderr)
         return 2

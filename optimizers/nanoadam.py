@@ -435,7 +435,7 @@ class NanoAdam(torch.optim.Optimizer):
             return False
         ok = supports(params[0].dtype, grads[0].dtype)  # uniform dtypes: checked by the caller
         if self.backend == "triton" and not ok:
-            raise RuntimeError("the Triton path needs one parameter dtype and one gradient dtype")
+            raise RuntimeError("the Triton path takes fp32, fp16 or bf16 parameters and gradients")
         return ok
 
     # -- fused backward (optimizers.FusedBackward) ------------------------------------------------

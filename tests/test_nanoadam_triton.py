@@ -64,6 +64,19 @@ def test_triton_step_matches_torch_step_under_the_interpreter(tmp_path):
     assert "| test_vit |" in page
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--benchmark", "resnet19"], "error: unknown timm model 'resnet19'"),
+        (["--steps", "0"], "error: --steps must be at least 1, got 0"),
+    ],
+)
+def test_gpu_check_refuses_bad_arguments_in_one_line(tmp_path, argv, message):
+    done = _check(tmp_path, True, *argv)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_gpu_check_without_a_device_says_what_to_do(tmp_path):
     done = _check(tmp_path, False)
     assert done.returncode == 2
