@@ -906,8 +906,9 @@ def targets(results: dict) -> list[dict]:
                 ("NanoAdam step (amortized) / best AdamW", "amortized_ratio", 0.35),
                 ("NanoAdam refresh / AdamW step", "refresh_in_adamw_steps", 2.0),
             ):
+                # the median over rounds (`summarize_rounds`) where there are rounds
+                value = nano.get(f"{key}_median", nano[key])
                 rounds = [x[key] for x in nano.get("rounds", [])]
-                value = statistics.median(rounds) if rounds else nano[key]
                 add(what, r["model"], value, limit, True, rounds)
     for s in results["state_bytes"]:
         if s["optimizer"] == "nanoadam" and "bytes_above_6kS_per_tensor" in s:
